@@ -1,0 +1,3 @@
+from propbench.cli import main
+
+main()

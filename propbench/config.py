@@ -1,0 +1,270 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore, and their range checks.
+
+Types and choices are enforced by OmegaConf when Hydra composes the config (``depth=abc``,
+``init.mode=sideways``); ranges and cross-field rules by :func:`validate`. Nothing here
+imports torch, so a bad override is rejected in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, is_dataclass
+from enum import Enum
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from propbench.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+class Norm(Enum):
+    none = "none"
+    batchnorm = "batchnorm"
+
+
+class Pool(Enum):
+    none = "none"
+    max = "max"
+    avg = "avg"
+
+
+class Mode(Enum):
+    fan_in = "fan_in"
+    fan_out = "fan_out"
+
+
+class DType(Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class BiasInit(Enum):
+    zeros = "zeros"
+    default = "default"  # keep PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    norm: Norm = Norm.none  # BatchNorm after each Linear/Conv, before the activation
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    """``depth`` blocks of Linear(width, width) -> [BatchNorm1d] -> activation."""
+
+
+@dataclass
+class CNNConfig(ModelConfig):
+    """``depth`` blocks of Conv2d(k x k, 'same') -> [BatchNorm2d] -> activation -> [pool],
+    then global average pooling and a Linear head."""
+
+    name: str = "cnn"
+    in_channels: int = 3  # channels of the (batch, C, H, W) input; `width` channels after
+    image_size: int = 32  # H = W of the input
+    kernel_size: int = 3  # odd, so that 'same' padding is symmetric
+    pool: Pool = Pool.none  # 2x2 pooling inside every `pool_every`-th block
+    pool_every: int = 0  # 0: never pool
+    num_classes: int = 10  # outputs of the linear head
+
+
+@dataclass
+class ActConfig:
+    name: str = "relu"
+    # Negative slope of leaky_relu, initial slope `a` of PReLU (PyTorch: 0.25).
+    # Only those two take it; elsewhere it stays null.
+    slope: Optional[float] = None
+
+
+@dataclass
+class InitConfig:
+    """Union of the init parameters; a scheme takes only those listed in INIT_PARAMS."""
+
+    name: str = "default"
+    gain: Optional[float] = None  # null: the scheme's own (kaiming: from the activation)
+    mode: Optional[Mode] = None  # fan_in preserves forward variance, fan_out backward
+    std: Optional[float] = None  # init=normal
+    a: Optional[float] = None  # init=uniform lower bound
+    b: Optional[float] = None  # init=uniform upper bound
+    bias: BiasInit = BiasInit.zeros
+
+
+# Which InitConfig fields each scheme reads (besides `name`). The torch side
+# (propbench.inits.INITS) has the same keys; tests check that the two agree.
+INIT_PARAMS: dict[str, tuple[str, ...]] = {
+    "default": ("bias",),
+    "uniform": ("a", "b", "bias"),
+    "normal": ("std", "bias"),
+    "xavier": ("gain", "bias"),
+    "xavier_uniform": ("gain", "bias"),
+    "kaiming": ("gain", "mode", "bias"),
+    "kaiming_uniform": ("gain", "mode", "bias"),
+    "lecun": ("gain", "bias"),
+    "orthogonal": ("gain", "bias"),
+}
+
+# Parameters a scheme cannot do without (the others fall back to the scheme's own default).
+INIT_REQUIRED: dict[str, tuple[str, ...]] = {
+    "uniform": ("a", "b"),
+    "normal": ("std",),
+    "kaiming": ("mode",),
+    "kaiming_uniform": ("mode",),
+}
+
+# Activations that take `act.slope`; the others must leave it null.
+SLOPED_ACTIVATIONS = ("leaky_relu", "prelu")
+
+
+@dataclass
+class PropbenchConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # MLPConfig or CNNConfig
+    act: ActConfig = field(default_factory=ActConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    depth: int = 10  # number of blocks
+    width: int = 256  # units (MLP) or channels (CNN) of every block
+    batch_size: int = 256
+    seed: int = 0
+    trials: int = 1  # independent re-initializations, seeds derived from `seed`
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: DType = DType.float32
+    bias: bool = True
+
+
+def register_configs() -> None:
+    """Store the schemas; the YAML files in conf/ extend them via ``/schema/...@_here_``."""
+    cs = ConfigStore.instance()
+    cs.store(name="propbench_schema", node=PropbenchConfig)
+    cs.store(group="schema/model", name="mlp", node=MLPConfig)
+    cs.store(group="schema/model", name="cnn", node=CNNConfig)
+    cs.store(group="schema/act", name="act", node=ActConfig)
+    cs.store(group="schema/init", name="init", node=InitConfig)
+
+
+def group_options(group: str) -> list[str]:
+    """Options of a config group, as the YAML files in conf/<group>/ name them."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _at_least(cfg: Any, key: str, low: int) -> None:
+    value = _get(cfg, key)
+    if value < low:
+        raise ConfigError(f"{key}={value}: must be >= {low}")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _finite(cfg: Any, key: str, positive: bool = False) -> None:
+    value = _get(cfg, key)
+    if value is None:
+        return
+    if not math.isfinite(value) or (positive and value <= 0):
+        what = "a finite number > 0" if positive else "a finite number"
+        raise ConfigError(f"{key}={value}: must be {what}")
+
+
+def validate(cfg: Any) -> None:
+    """Range and cross-field checks that types alone cannot express.
+
+    Raises ConfigError with one line naming the key, the bad value and what is allowed.
+    """
+    for key in ("depth", "width", "batch_size", "trials"):
+        _at_least(cfg, key, 1)
+    _at_least(cfg, "seed", 0)
+    if not _DEVICE.match(str(cfg.device)):
+        raise ConfigError(f"device={cfg.device}: choose auto, cpu, cuda or cuda:N")
+
+    models = group_options("model")
+    if cfg.model.name not in models:
+        raise ConfigError(f"model.name={cfg.model.name}: choose one of {', '.join(models)}")
+    if cfg.model.name == "cnn":
+        for key in ("in_channels", "image_size", "kernel_size", "num_classes"):
+            _at_least(cfg, f"model.{key}", 1)
+        _at_least(cfg, "model.pool_every", 0)
+        if cfg.model.kernel_size % 2 == 0:
+            raise ConfigError(f"model.kernel_size={cfg.model.kernel_size}: must be odd")
+
+    acts = group_options("act")
+    if cfg.act.name not in acts:
+        raise ConfigError(f"act.name={cfg.act.name}: choose one of {', '.join(acts)}")
+    if cfg.act.name in SLOPED_ACTIVATIONS:
+        slope = cfg.act.slope
+        if slope is None or not math.isfinite(slope) or slope < 0:
+            raise ConfigError(
+                f"act.slope={slope}: {cfg.act.name} needs a finite slope >= 0"
+            )
+    elif cfg.act.slope is not None:
+        raise ConfigError(
+            f"act.slope={cfg.act.slope}: only {' and '.join(SLOPED_ACTIVATIONS)} take a slope"
+        )
+
+    scheme = cfg.init.name
+    if scheme not in INIT_PARAMS:
+        raise ConfigError(f"init.name={scheme}: choose one of {', '.join(INIT_PARAMS)}")
+    takes = INIT_PARAMS[scheme]
+    for key in ("gain", "mode", "std", "a", "b"):
+        if key not in takes and getattr(cfg.init, key) is not None:
+            raise ConfigError(
+                f"init.{key}={getattr(cfg.init, key)}: init={scheme} takes only "
+                f"{', '.join(takes)}"
+            )
+    for key in INIT_REQUIRED.get(scheme, ()):
+        if getattr(cfg.init, key) is None:
+            raise ConfigError(f"init.{key}=null: init={scheme} needs a value for it")
+    _finite(cfg, "init.gain", positive=True)
+    _finite(cfg, "init.std", positive=True)
+    _finite(cfg, "init.a")
+    _finite(cfg, "init.b")
+    if scheme == "uniform" and not cfg.init.a < cfg.init.b:
+        raise ConfigError(f"init.a={cfg.init.a}, init.b={cfg.init.b}: need a < b")
+
+
+def compose(overrides: Optional[list[str]] = None) -> Any:
+    """The config ``python -m propbench OVERRIDES...`` would run, as an OmegaConf DictConfig.
+
+    >>> from propbench import compose
+    >>> compose(["depth=20", "act=tanh"]).act.name
+    'tanh'
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="propbench"):
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def settings(cfg: Any) -> SimpleNamespace:
+    """Validate ``cfg`` (DictConfig, PropbenchConfig or dict) and return it as plain nested
+    namespaces with enums as strings -- what the torch side reads."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.structured(cfg) if is_dataclass(cfg) else OmegaConf.create(cfg)
+    validate(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain.pop("hydra", None)
+    return _namespace(plain)
+
+
+def _namespace(value: Any) -> Any:
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: _namespace(v) for k, v in value.items()})
+    return value
+
+
+def as_dict(ns: SimpleNamespace) -> dict:
+    """Inverse of :func:`settings`' namespaces: nested plain dicts (JSON-ready)."""
+    return {k: as_dict(v) if isinstance(v, SimpleNamespace) else v for k, v in vars(ns).items()}

@@ -1,0 +1,85 @@
+"""Device choice and a memory estimate made before anything is allocated."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from propbench.errors import ConfigError
+
+GIB = 2**30
+_ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def resolve_device(name: str) -> Any:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> torch.device, or a ConfigError that says
+    what is visible. Imports torch (only here and after the config is valid)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"device={name}: no CUDA device is available (torch {torch.__version__}, {build}); "
+            "use device=cpu or device=auto"
+        )
+    index = int(name.split(":")[1]) if ":" in name else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"device={name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def estimate_bytes(s: Any) -> int:
+    """Peak memory of one trial, roughly: weights and their gradients, plus what autograd
+    keeps for the backward pass (about three activation-sized tensors per block, four with
+    BatchNorm) and two gradient-sized tensors in flight."""
+    itemsize = _ITEMSIZE[s.dtype]
+    if s.model.name == "cnn":
+        k2, pixels = s.model.kernel_size**2, s.model.image_size**2
+    else:
+        k2, pixels = 1, 1
+    weights = s.depth * (s.width * s.width * k2 + 3 * s.width)
+    per_block = (4 if s.model.norm == "batchnorm" else 3) * s.batch_size * s.width * pixels
+    return itemsize * (2 * weights + s.depth * per_block + 2 * s.batch_size * s.width * pixels)
+
+
+def available_bytes(device: Any) -> int:
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # no /proc: total RAM
+
+
+def check_memory(s: Any, device: Any) -> None:
+    """Refuse, with what to lower, a config whose estimate exceeds 90% of free memory.
+    Weights are built on the CPU first, so the CPU must also hold them."""
+    need = estimate_bytes(s)
+    have = available_bytes(device)
+    if need > 0.9 * have:
+        raise ConfigError(
+            f"depth={s.depth}, width={s.width}, batch_size={s.batch_size}: needs about "
+            f"{need / GIB:.1f} GiB on {device.type} but {have / GIB:.1f} GiB is free; "
+            "lower depth, width or batch_size"
+        )

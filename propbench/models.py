@@ -1,0 +1,120 @@
+"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks.
+
+A block is ``weight layer -> [BatchNorm] -> activation [-> pool]``. Module paths are
+``blocks.<i>.linear`` / ``blocks.<i>.conv``, ``blocks.<i>.norm``, ``blocks.<i>.act``
+(i from 0), which is what the ``module`` column of the frame shows; the frame's ``layer``
+is i + 1.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+
+from propbench.activations import make_activation
+from propbench.inits import init_model
+
+
+class Block(nn.Module):
+    def __init__(self, weight_name: str, weight: nn.Module, norm: nn.Module | None,
+                 act: nn.Module, pool: nn.Module | None = None):
+        super().__init__()
+        self.weight_name = weight_name
+        self.add_module(weight_name, weight)
+        self.norm = norm
+        self.act = act
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = getattr(self, self.weight_name)(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.act(x)
+        return x if self.pool is None else self.pool(x)
+
+
+class DeepStack(nn.Module):
+    """``blocks`` then an optional ``head``; knows the shape of its input."""
+
+    def __init__(self, blocks: list[Block], head: nn.Module | None, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+        self.input_shape = input_shape  # without the batch dimension
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(x)
+        return x if self.head is None else self.head(x)
+
+    def probed_modules(self) -> list[nn.Module]:
+        """The modules whose outputs make the frame's rows: every block's leaves but pools."""
+        return [
+            m for block in self.blocks for name, m in block.named_children() if name != "pool"
+        ]
+
+
+def mlp(depth: int, width: int, act: Any, norm: str, bias: bool, dtype: torch.dtype) -> DeepStack:
+    def block() -> Block:
+        return Block(
+            "linear",
+            nn.Linear(width, width, bias=bias, dtype=dtype),
+            nn.BatchNorm1d(width, dtype=dtype) if norm == "batchnorm" else None,
+            make_activation(act.name, act.slope).to(dtype),
+        )
+
+    return DeepStack([block() for _ in range(depth)], None, (width,))
+
+
+def cnn(depth: int, width: int, act: Any, model: Any, bias: bool, dtype: torch.dtype) -> DeepStack:
+    pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+    blocks, size = [], model.image_size
+    for i in range(depth):
+        pool = None
+        if model.pool in pools and model.pool_every and (i + 1) % model.pool_every == 0 and size > 1:
+            pool, size = pools[model.pool](2), size // 2
+        blocks.append(
+            Block(
+                "conv",
+                nn.Conv2d(model.in_channels if i == 0 else width, width, model.kernel_size,
+                          padding="same", bias=bias, dtype=dtype),
+                nn.BatchNorm2d(width, dtype=dtype) if model.norm == "batchnorm" else None,
+                make_activation(act.name, act.slope).to(dtype),
+                pool,
+            )
+        )
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, model.num_classes, dtype=dtype)
+    )
+    return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model(cfg: Any, seed: int | None = None) -> DeepStack:
+    """Build and initialize the network ``cfg`` describes, on the CPU.
+
+    Construction and init draw from torch's global generator seeded with ``seed`` (default:
+    the config's weight stream for trial 0) inside ``torch.random.fork_rng``, so the
+    caller's RNG state is untouched and the same seed gives the same weights on any device.
+    ``cfg`` is a composed config (see :func:`propbench.compose`) or its
+    :func:`propbench.config.settings`.
+    """
+    from propbench.config import settings
+    from propbench.seeds import trial_seeds
+
+    s = cfg if isinstance(cfg, SimpleNamespace) else settings(cfg)
+    if seed is None:
+        seed = trial_seeds(s.seed, 0).weights
+    dtype = DTYPES[s.dtype]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if s.model.name == "mlp":
+            model = mlp(s.depth, s.width, s.act, s.model.norm, s.bias, dtype)
+        else:
+            model = cnn(s.depth, s.width, s.act, s.model, s.bias, dtype)
+        init_model(model, s.init, s.act.name, s.act.slope)
+    return model

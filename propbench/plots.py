@@ -1,0 +1,128 @@
+"""Plots of a frame. Each function is pure: ``plot_x(frame, ax=None) -> Axes``; with no axes
+given it makes a pyplot figure (so notebooks show it), otherwise it draws into yours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from propbench.verdict import SIGNALS, first_nonfinite_layer, layer_variance
+
+SITE_STYLE = {  # site -> (label, colour)
+    "pre": ("pre-activation (Linear/Conv output)", "C0"),
+    "norm": ("normalized (BatchNorm output)", "C2"),
+    "post": ("post-activation", "C1"),
+    "weight": ("weight", "C3"),
+}
+PANELS = {  # quantity -> (panel title, label prefix)
+    "activation": ("Forward: activation variance", ""),
+    "gradient": ("Backward: gradient variance", "\u2202/\u2202 "),
+}
+
+
+MIN_DECADES = 2.0  # a log axis spans at least this much, so flat lines look flat
+
+
+def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = True) -> Any:
+    """The one formatting helper: title, labelled axes, log y (at least MIN_DECADES tall,
+    so finite-width wiggles of a stable signal do not look like a trend), light grid,
+    legend if anything is labelled."""
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if low > 0 and np.log10(high / low) < MIN_DECADES:
+            centre = np.sqrt(low * high)
+            ax.set_ylim(centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2))
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    return ax
+
+
+def config_title(frame: pd.DataFrame) -> str:
+    """'mlp · act=prelu · init=kaiming · depth 50 · width 256 · batch 256' from the
+    frame's config columns (or a neutral title for a frame from ``probe`` alone)."""
+    if "model" not in frame.columns:
+        return f"{frame['layer'].max()} layers"
+    first = frame.iloc[0]
+    parts = [str(first["model"]), f"act={first['act']}", f"init={first['init']}"]
+    if first.get("norm", "none") != "none":
+        parts.append(f"norm={first['norm']}")
+    parts += [f"depth {first['depth']}", f"width {first['width']}", f"batch {first['batch_size']}"]
+    trials = frame["trial"].nunique() if "trial" in frame.columns else 1
+    parts.append(f"{trials} trial{'s' if trials > 1 else ''}")
+    return " \u00b7 ".join(parts)
+
+
+def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
+    """Show where the signal left float range instead of letting the log axis drop it."""
+    site, forward = SIGNALS[quantity]
+    var = layer_variance(frame, quantity, site)
+    overflow = first_nonfinite_layer(frame, quantity)
+    if overflow is not None:
+        ax.axvline(overflow, color="red", ls=":", lw=1.2,
+                   label=f"inf/NaN from layer {overflow}")
+    zero_layers = var.index[var == 0]
+    if len(zero_layers):
+        first_zero = int(zero_layers.min() if forward else zero_layers.max())
+        ax.axvline(first_zero, color="grey", ls=":", lw=1.2,
+                   label=f"underflow to 0 from layer {first_zero}")
+
+
+def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optional[Any] = None,
+                  sites: Optional[Sequence[str]] = None) -> Any:
+    """Variance against layer for one quantity, one line per site, on a log y axis.
+
+    With several trials the line is the mean over trials and the band spans min..max.
+    """
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == quantity) & (frame["layer"] >= 1)]
+    sites = sites or [s for s in SITE_STYLE if s in set(rows["site"])]
+    depth = int(rows["layer"].max()) if not rows.empty else 0
+    marker = "o" if depth <= 30 else None
+    several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
+    title, prefix = PANELS[quantity]
+    for site in sites:
+        by_layer = rows[rows["site"] == site].groupby("layer")["var"]
+        stats = by_layer.agg(["mean", "min", "max"]).reset_index()
+        # Zero or non-finite variances have no place on a log axis; they are marked instead.
+        ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
+        label, colour = SITE_STYLE[site]
+        ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker=marker,
+                markersize=3, lw=1.5, label=prefix + label)
+        if several_trials:
+            ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
+                            color=colour, alpha=0.2, lw=0)
+    _mark_range_exits(ax, frame, quantity)
+    ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
+    return format_axes(ax, title, "layer (block index)", "variance (log scale)")
+
+
+def plot_propagation(frame: pd.DataFrame, axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
+    """Two panels, activations (forward) and gradients (backward), titled with the config."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for ax, quantity in zip(axes, PANELS):
+        plot_variance(frame, quantity, ax=ax)
+    axes[0].figure.suptitle(config_title(frame), fontsize=12)
+    return axes
+
+
+def save_propagation(frame: pd.DataFrame, path: Any) -> None:
+    """Render :func:`plot_propagation` to ``path`` without pyplot (no global figure state)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    plot_propagation(frame, figure.subplots(1, 2))
+    figure.savefig(path, dpi=110, format="png")

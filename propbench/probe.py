@@ -1,0 +1,207 @@
+"""Hooks that measure per-layer activation and gradient statistics in one forward+backward.
+
+Forward hooks on the tapped modules see each block's pre-activation (Linear/Conv output),
+normalized output (BatchNorm etc.) and post-activation; a tensor hook
+(``Tensor.register_hook``) on each of those outputs sees the gradient flowing back into it,
+and one on each weight sees the weight's gradient. Tensor hooks, unlike full backward module
+hooks, work with in-place activations.
+
+Each hook reduces its tensor on the device to five numbers -- sum, sum of squares, number
+of non-finite elements and, for (N, C, H, W) tensors, the channel averages of the squared
+per-channel mean and of the per-channel variance (the signal-propagation-plot statistics of
+Brock et al., 2021, "Characterizing signal propagation to close the performance gap in
+unnormalized ResNets") -- and keeps that small tensor; no hook stores an activation or
+syncs with the host. One transfer after the backward pass brings everything to the host,
+where ``mean = sum / n``, ``second_moment = sumsq / n`` and ``var = second_moment - mean^2``
+are formed in float64.
+
+Counting non-finite elements costs more than the two sums, so the first pass skips it: if
+every sum of squares is finite, no element can be inf or NaN. Only when one is not (the
+network overflowed) is the deterministic pass repeated with counting on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from propbench.activations import is_activation
+from propbench.inits import NORM_TYPES, WEIGHTED_TYPES
+
+SITES = ("pre", "norm", "post", "weight")
+QUANTITIES = ("activation", "gradient")
+FRAME_COLUMNS = [
+    "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
+    "channel_mean_sq", "channel_var",
+]
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def classify(module: nn.Module) -> Optional[str]:
+    """The site a module's output stands for: Linear/Conv -> 'pre', normalization ->
+    'norm', activation -> 'post'; None for anything else (pooling, dropout, containers)."""
+    if isinstance(module, WEIGHTED_TYPES):
+        return "pre"
+    if isinstance(module, NORM_TYPES):
+        return "norm"
+    if is_activation(module):
+        return "post"
+    return None
+
+
+def default_modules(model: nn.Module) -> list[nn.Module]:
+    """Every leaf module of ``model`` that :func:`classify` gives a site."""
+    return [
+        m for m in model.modules() if not list(m.children()) and classify(m) is not None
+    ]
+
+
+def tensor_stats(t: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
+    """[sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``t``, on t's device."""
+    t = t.detach()
+    if t.dtype in _LOW_PRECISION:
+        t = t.float()
+    nonfinite = (~torch.isfinite(t)).sum().to(t.dtype) if count_nonfinite else t.new_zeros(())
+    if per_channel and t.dim() == 4:
+        per_channel_count = t.numel() // t.shape[1]
+        channel_sum = t.sum(dim=(0, 2, 3))
+        channel_sumsq = t.square().sum(dim=(0, 2, 3))
+        channel_mean = channel_sum / per_channel_count
+        channel_var = channel_sumsq / per_channel_count - channel_mean.square()
+        return torch.stack([
+            channel_sum.sum(), channel_sumsq.sum(), nonfinite,
+            channel_mean.square().mean(), channel_var.mean(),
+        ])
+    flat = t.reshape(-1)
+    nan = t.new_full((), float("nan"))
+    return torch.stack([flat.sum(), torch.dot(flat, flat), nonfinite, nan, nan])
+
+
+@dataclass
+class _Tap:
+    """The hooks of one pass and what they recorded (metadata on the host, stats on device)."""
+
+    sites: dict[nn.Module, str]
+    names: dict[nn.Module, str]
+    count_nonfinite: bool
+    layer: int = 0
+    meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
+    stats: list[torch.Tensor] = field(default_factory=list)
+    handles: list[Any] = field(default_factory=list)
+    weight_hooked: set[nn.Module] = field(default_factory=set)
+
+    def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
+        self.meta.append((layer, name, site, quantity, t.numel()))
+        self.stats.append(tensor_stats(t, site != "weight", self.count_nonfinite))
+
+    def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        site, name = self.sites[module], self.names[module]
+        if site == "pre":
+            self.layer += 1
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
+                self.weight_hooked.add(module)
+                self.handles.append(
+                    weight.register_hook(partial(self.grad_hook, self.layer, name, "weight"))
+                )
+        self.record(self.layer, name, site, "activation", output)
+        if output.requires_grad:
+            output.register_hook(partial(self.grad_hook, self.layer, name, site))
+
+    def grad_hook(self, layer: int, name: str, site: str, grad: torch.Tensor) -> None:
+        self.record(layer, name, site, "gradient", grad)
+
+    def attach(self) -> None:
+        for module in self.sites:
+            self.handles.append(module.register_forward_hook(self.forward_hook))
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int) -> np.ndarray:
+    model.zero_grad(set_to_none=True)
+    tap.attach()
+    try:
+        output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"probe needs a model that returns a tensor, got {type(output).__name__}")
+        if output.requires_grad:
+            if cotangent is None:
+                generator = torch.Generator().manual_seed(seed)
+                cotangent = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+            output.backward(cotangent.to(output.device))
+    finally:
+        tap.detach()
+    if not tap.stats:
+        return np.zeros((0, 5))
+    return torch.stack([s.to(torch.float64) for s in tap.stats]).cpu().numpy()  # the one sync
+
+
+def probe(
+    model: nn.Module,
+    inputs: Any,
+    modules: Optional[Iterable[nn.Module]] = None,
+    *,
+    cotangent: Optional[torch.Tensor] = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
+
+    Works on any ``nn.Module`` that returns a tensor. ``modules`` are the modules to tap
+    (default: :func:`default_modules`); each firing of a Linear/Conv starts a new ``layer``
+    (1, 2, ...), and the normalization and activation modules after it belong to that layer.
+    The cotangent defaults to standard normal noise drawn with ``seed``. Afterwards the
+    parameters' ``.grad`` hold this backward's gradients.
+
+    Returns one row per (layer, site, quantity) with columns ``FRAME_COLUMNS``: ``var`` is
+    the population variance over all elements (batch, units, positions).
+
+    >>> import torch
+    >>> from propbench import probe
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+    >>> frame = probe(net, torch.randn(32, 64))
+    >>> sorted(frame.site.unique())
+    ['post', 'pre', 'weight']
+    """
+    modules = default_modules(model) if modules is None else list(modules)
+    names = {m: n for n, m in model.named_modules()}
+    sites = {m: classify(m) or "post" for m in modules}
+    unknown = [m for m in modules if m not in names]
+    if unknown:
+        raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
+
+    def run_pass(count_nonfinite: bool) -> tuple[_Tap, np.ndarray]:
+        tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite)
+        return tap, _pass(model, inputs, tap, cotangent, seed)
+
+    tap, stats = run_pass(count_nonfinite=False)
+    if not np.isfinite(stats[:, 1]).all():
+        tap, stats = run_pass(count_nonfinite=True)
+    return _frame(tap.meta, stats)
+
+
+def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame(meta, columns=["layer", "module", "site", "quantity", "n"])
+    n = frame["n"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = stats[:, 0] / n
+        second = stats[:, 1] / n
+        var = np.maximum(second - mean * mean, 0.0)  # clips round-off below zero; keeps NaN
+    frame["mean"], frame["var"], frame["second_moment"] = mean, var, second
+    frame["nonfinite"] = stats[:, 2].astype(np.int64)
+    frame["channel_mean_sq"], frame["channel_var"] = stats[:, 3], stats[:, 4]
+    site_rank = frame["site"].map({s: i for i, s in enumerate(SITES)})
+    quantity_rank = frame["quantity"].map({q: i for i, q in enumerate(QUANTITIES)})
+    order = np.lexsort((site_rank, frame["layer"], quantity_rank))  # stable: firing order ties
+    return frame.iloc[order][FRAME_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,105 @@
+"""One run: build, initialize and probe the configured network ``trials`` times, then
+(optionally) write the run folder."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from propbench import __version__
+from propbench.config import as_dict, settings
+from propbench.devices import check_memory, device_name, resolve_device
+from propbench.errors import PropbenchError
+from propbench.models import DTYPES, build_model
+from propbench.probe import probe
+from propbench.results import CONFIG_COLUMNS, FIGURE, write_stats, write_summary
+from propbench.seeds import trial_seeds
+from propbench.verdict import summarize
+
+
+@dataclass
+class RunResult:
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    folder: Optional[Path] = None
+
+
+def _trial(s: Any, trial: int, device: torch.device) -> pd.DataFrame:
+    seeds = trial_seeds(s.seed, trial)
+    model = build_model(s, seed=seeds.weights).to(device)
+    inputs = torch.randn(
+        (s.batch_size, *model.input_shape),
+        generator=torch.Generator().manual_seed(seeds.inputs),
+        dtype=DTYPES[s.dtype],
+    ).to(device)
+    frame = probe(model, inputs, model.probed_modules(), seed=seeds.cotangent)
+    frame.insert(0, "trial", trial)
+    return frame
+
+
+def config_columns(s: Any) -> dict[str, Any]:
+    """The config values every row of the frame carries (results.CONFIG_COLUMNS)."""
+    values = {"model": s.model.name, "act": s.act.name, "init": s.init.name, "norm": s.model.norm}
+    values.update({key: getattr(s, key) for key in CONFIG_COLUMNS if key not in values})
+    return values
+
+
+def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
+    """Validate ``cfg``, probe every trial, summarize; write the run folder if given."""
+    s = settings(cfg)
+    device = resolve_device(s.device)
+    check_memory(s, device)
+    started = time.perf_counter()
+    try:
+        frame = pd.concat([_trial(s, t, device) for t in range(s.trials)], ignore_index=True)
+    except torch.OutOfMemoryError:
+        raise PropbenchError(
+            f"out of memory on {device} at depth={s.depth}, width={s.width}, "
+            f"batch_size={s.batch_size}; lower one of them"
+        ) from None
+    elapsed = time.perf_counter() - started
+    for column, value in config_columns(s).items():
+        frame[column] = value
+    summary = {
+        **summarize(frame),
+        "config": as_dict(s),
+        "device": device_name(device),
+        "trials": s.trials,
+        "elapsed_s": round(elapsed, 3),
+        "versions": {
+            "propbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "python": platform.python_version(),
+        },
+        "command": " ".join(sys.argv),
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_stats(out_dir, frame)
+        from propbench.plots import save_propagation
+
+        save_propagation(frame, out_dir / FIGURE)
+        write_summary(out_dir, summary)  # last: marks the folder complete
+    return RunResult(frame, summary, out_dir)
+
+
+def run(cfg: Any, out_dir: Optional[str | Path] = None) -> pd.DataFrame:
+    """Probe the network ``cfg`` describes and return the tidy frame (see README).
+
+    ``cfg`` is a composed config (:func:`propbench.compose`), a ``PropbenchConfig`` or a
+    dict of the same shape. With ``out_dir`` the run folder is written there too.
+
+    >>> import propbench
+    >>> frame = propbench.run(propbench.compose(["depth=5", "width=64"]))
+    >>> sorted(frame.quantity.unique())
+    ['activation', 'gradient']
+    """
+    return execute(cfg, None if out_dir is None else Path(out_dir)).frame

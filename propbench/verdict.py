@@ -1,0 +1,85 @@
+"""The verdict: did the signal survive the trip through the layers?
+
+For ``activation``: r = Var(post-activation at the last layer) / Var(at the first layer).
+For ``gradient``: r = Var(gradient w.r.t. the pre-activation at the first layer) /
+Var(at the last layer) -- the backward signal travels from the last layer to the first.
+Variances are averaged over trials first. ``stable`` if |log10 r| <= 1 (less than a
+factor 10 end to end), ``vanishing`` below -1, ``exploding`` above 1 or as soon as any
+element overflowed to inf/NaN; ``first_nonfinite_layer`` names where, counted in the
+direction the signal travels (forward: lowest layer, backward: highest).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import pandas as pd
+
+THRESHOLD = 1.0  # |log10 r| above this is vanishing/exploding
+
+# quantity -> (site whose variance is compared, True if the signal runs from layer 1 up)
+SIGNALS = {"activation": ("post", True), "gradient": ("pre", False)}
+
+
+def layer_variance(frame: pd.DataFrame, quantity: str, site: str) -> pd.Series:
+    """Mean over trials of ``var`` per layer, for one quantity and site."""
+    rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site) & (frame["layer"] >= 1)]
+    return rows.groupby("layer")["var"].mean()
+
+
+def first_nonfinite_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+    """The first layer, in the direction ``quantity`` travels, with an inf/NaN element."""
+    forward = SIGNALS[quantity][1]
+    bad = frame.loc[(frame["quantity"] == quantity) & (frame["nonfinite"] > 0), "layer"]
+    if bad.empty:
+        return None
+    return int(bad.min() if forward else bad.max())
+
+
+def judge(log10_ratio: float, overflowed: bool) -> str:
+    if overflowed or math.isnan(log10_ratio) or log10_ratio > THRESHOLD:
+        return "exploding"
+    return "vanishing" if log10_ratio < -THRESHOLD else "stable"
+
+
+def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """``{quantity: {ratio, log10_ratio, verdict, first_nonfinite_layer, start_var,
+    end_var}}`` for a frame from :func:`propbench.probe`, :func:`propbench.run` or
+    :func:`propbench.load`."""
+    out = {}
+    for quantity, (site, forward) in SIGNALS.items():
+        var = layer_variance(frame, quantity, site)
+        if var.empty:
+            continue
+        start, end = (var.iloc[0], var.iloc[-1]) if forward else (var.iloc[-1], var.iloc[0])
+        with_nan = math.isnan(start) or math.isnan(end)
+        ratio = float("nan") if with_nan or start == 0 else end / start
+        log10_ratio = (
+            float("-inf") if ratio == 0 else math.log10(ratio) if ratio > 0 else float("nan")
+        )
+        first_bad = first_nonfinite_layer(frame, quantity)
+        out[quantity] = {
+            "ratio": ratio,
+            "log10_ratio": log10_ratio,
+            "verdict": judge(log10_ratio, first_bad is not None),
+            "first_nonfinite_layer": first_bad,
+            "start_var": float(start),  # where the signal enters
+            "end_var": float(end),  # where it leaves
+        }
+    return out
+
+
+def describe(quantity: str, result: dict[str, Any]) -> str:
+    """One line for the console: quantity, verdict and the end-to-end ratio."""
+    what = {
+        "activation": "post-activation variance, last / first layer",
+        "gradient": "pre-activation gradient variance, first / last layer",
+    }[quantity]
+    if result["first_nonfinite_layer"] is not None:
+        detail = f"non-finite values from layer {result['first_nonfinite_layer']}"
+    elif math.isinf(result["log10_ratio"]):
+        detail = f"{what}: exactly 0 at the end"
+    else:
+        detail = f"{what} = 10^{result['log10_ratio']:+.2f}"
+    return f"{quantity + ':':<11} {result['verdict']:<9} ({detail})"

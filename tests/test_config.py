@@ -1,0 +1,60 @@
+"""Schemas, config groups and validation (no torch needed)."""
+
+import pytest
+
+from propbench.config import INIT_PARAMS, compose, group_options, settings
+from propbench.errors import ConfigError
+
+
+@pytest.mark.parametrize("group", ["model", "act", "init"])
+def test_every_option_of_every_group_composes_and_validates(group):
+    for option in group_options(group):
+        s = settings(compose([f"{group}={option}"]))
+        assert getattr(s, group).name == option
+
+
+def test_defaults_are_the_documented_ones():
+    s = settings(compose([]))
+    assert (s.model.name, s.act.name, s.init.name) == ("mlp", "relu", "default")
+    assert (s.depth, s.width, s.batch_size, s.trials, s.device, s.dtype, s.bias) == (
+        10, 256, 256, 1, "auto", "float32", True)
+    assert s.init.bias == "default"  # init=default keeps PyTorch's bias
+    assert settings(compose(["init=kaiming"])).init.bias == "zeros"
+
+
+def test_required_groups_and_options_exist():
+    assert set(group_options("model")) == {"mlp", "cnn"}
+    assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
+            "linear"} <= set(group_options("act"))
+    assert set(group_options("init")) == set(INIT_PARAMS)
+
+
+def test_slopes_default_to_pytorchs():
+    assert settings(compose(["act=prelu"])).act.slope == 0.25
+    assert settings(compose(["act=leaky_relu"])).act.slope == 0.01
+    assert settings(compose(["act=prelu", "act.slope=0.1"])).act.slope == 0.1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["depth=0"], "depth=0: must be >= 1"),
+    (["depth=-1"], "depth=-1: must be >= 1"),
+    (["width=0"], "width=0: must be >= 1"),
+    (["batch_size=0"], "batch_size=0"),
+    (["trials=0"], "trials=0"),
+    (["seed=-2"], "seed=-2"),
+    (["device=gpu"], "device=gpu: choose auto, cpu, cuda or cuda:N"),
+    (["init=kaiming", "init.gain=-1"], "init.gain=-1.0: must be a finite number > 0"),
+    (["init=kaiming", "init.gain=nan"], "init.gain=nan"),
+    (["init=kaiming", "init.std=2"], "init.std=2.0: init=kaiming takes only gain, mode, bias"),
+    (["init=kaiming", "init.mode=null"], "init.mode=null: init=kaiming needs"),
+    (["init=uniform", "init.a=1", "init.b=0"], "need a < b"),
+    (["act=prelu", "act.slope=-0.5"], "act.slope=-0.5: prelu needs a finite slope >= 0"),
+    (["act=prelu", "act.slope=nan"], "act.slope=nan"),
+    (["act=relu", "act.slope=0.1"], "only leaky_relu and prelu take a slope"),
+    (["model=cnn", "model.kernel_size=4"], "model.kernel_size=4: must be odd"),
+])
+def test_out_of_range_values_are_refused_with_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        settings(compose(overrides))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
