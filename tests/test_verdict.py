@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from propbench.verdict import describe, summarize
+
+
+def synthetic(post_var, grad_var, nonfinite_layer=None, quantity="activation"):
+    rows = []
+    for layer, (pv, gv) in enumerate(zip(post_var, grad_var), start=1):
+        bad = int(layer == nonfinite_layer)
+        rows.append(dict(trial=0, layer=layer, site="post", quantity="activation", var=pv,
+                         nonfinite=bad if quantity == "activation" else 0))
+        rows.append(dict(trial=0, layer=layer, site="pre", quantity="gradient", var=gv,
+                         nonfinite=bad if quantity == "gradient" else 0))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("end, verdict", [(1.0, "stable"), (9.0, "stable"), (0.11, "stable"),
+                                          (0.09, "vanishing"), (11.0, "exploding")])
+def test_thresholds_are_a_factor_ten(end, verdict):
+    result = summarize(synthetic([1.0, 1.0, end], [1.0, 1.0, 1.0]))["activation"]
+    assert result["verdict"] == verdict
+    assert result["log10_ratio"] == pytest.approx(math.log10(end))
+
+
+def test_gradient_ratio_is_first_over_last_layer():
+    # the backward signal enters at the last layer: 4 there, 0.004 at layer 1 -> vanishing
+    result = summarize(synthetic([1, 1, 1], [0.004, 0.04, 4.0]))["gradient"]
+    assert result["log10_ratio"] == pytest.approx(-3)
+    assert result["verdict"] == "vanishing"
+    assert (result["start_var"], result["end_var"]) == (4.0, 0.004)
+
+
+def test_overflow_is_exploding_and_located_in_travel_direction():
+    forward = summarize(synthetic([1, np.inf, np.nan, np.nan], [1] * 4, nonfinite_layer=2))
+    assert forward["activation"]["verdict"] == "exploding"
+    assert forward["activation"]["first_nonfinite_layer"] == 2
+    frame = synthetic([1] * 4, [np.nan, np.nan, 1, 1])
+    frame.loc[(frame.quantity == "gradient") & frame.layer.isin([1, 2]), "nonfinite"] = 5
+    backward = summarize(frame)["gradient"]
+    assert backward["first_nonfinite_layer"] == 2  # the backward pass reaches layer 2 first
+    assert backward["verdict"] == "exploding"
+    assert "non-finite values from layer 2" in describe("gradient", backward)
+
+
+def test_exact_zero_is_vanishing():
+    result = summarize(synthetic([1.0, 1e-30, 0.0], [1, 1, 1]))["activation"]
+    assert result["verdict"] == "vanishing" and result["log10_ratio"] == -math.inf
+    assert "exactly 0" in describe("activation", result)
+
+
+def test_trials_are_averaged():
+    a, b = synthetic([1.0, 10.0], [1, 1]), synthetic([1.0, 30.0], [1, 1])
+    b["trial"] = 1
+    result = summarize(pd.concat([a, b]))["activation"]
+    assert result["ratio"] == pytest.approx(20.0)
