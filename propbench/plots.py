@@ -90,12 +90,14 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     depth = int(rows["layer"].max()) if not rows.empty else 0
     marker = "o" if depth <= 30 else None
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
+    drawn = False
     title, prefix = PANELS[quantity]
     for site in sites:
         by_layer = rows[rows["site"] == site].groupby("layer")["var"]
         stats = by_layer.agg(["mean", "min", "max"]).reset_index()
         # Zero or non-finite variances have no place on a log axis; they are marked instead.
         ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
+        drawn = drawn or bool(ok.any())
         label, colour = SITE_STYLE[site]
         ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker=marker,
                 markersize=3, lw=1.5, label=prefix + label)
@@ -103,6 +105,9 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
             ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
                             color=colour, alpha=0.2, lw=0)
     _mark_range_exits(ax, frame, quantity)
+    if not drawn:
+        ax.text(0.5, 0.5, "no finite, non-zero variance to show", transform=ax.transAxes,
+                ha="center", va="center", color="grey")
     ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
     return format_axes(ax, title, "layer (block index)", "variance (log scale)")
 

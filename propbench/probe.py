@@ -17,7 +17,9 @@ are formed in float64.
 
 Counting non-finite elements costs more than the two sums, so the first pass skips it: if
 every sum of squares is finite, no element can be inf or NaN. Only when one is not (the
-network overflowed) is the deterministic pass repeated with counting on.
+network overflowed, or its float32 squares did) is the deterministic pass repeated in a
+careful mode that counts and reduces in float64, so the variance stays finite right up to
+the layer where elements themselves overflow.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ def default_modules(model: nn.Module) -> list[nn.Module]:
 def tensor_stats(t: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
     """[sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``t``, on t's device."""
     t = t.detach()
-    if t.dtype in _LOW_PRECISION:
+    if count_nonfinite:  # the careful pass: float64 keeps huge finite values' squares finite
+        t = t.double()
+    elif t.dtype in _LOW_PRECISION:
         t = t.float()
     nonfinite = (~torch.isfinite(t)).sum().to(t.dtype) if count_nonfinite else t.new_zeros(())
     if per_channel and t.dim() == 4:
@@ -145,7 +149,7 @@ def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int) -
         tap.detach()
     if not tap.stats:
         return np.zeros((0, 5))
-    return torch.stack([s.to(torch.float64) for s in tap.stats]).cpu().numpy()  # the one sync
+    return torch.stack(tap.stats).to("cpu", torch.float64).numpy()  # the one sync
 
 
 def probe(

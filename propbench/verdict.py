@@ -29,12 +29,33 @@ def layer_variance(frame: pd.DataFrame, quantity: str, site: str) -> pd.Series:
 
 
 def first_nonfinite_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
-    """The first layer, in the direction ``quantity`` travels, with an inf/NaN element."""
+    """The first layer, in the direction ``quantity`` travels, where the signal itself (not
+    a weight's gradient, which turns NaN as soon as its input overflows) has an inf/NaN."""
     forward = SIGNALS[quantity][1]
-    bad = frame.loc[(frame["quantity"] == quantity) & (frame["nonfinite"] > 0), "layer"]
+    signal = (frame["quantity"] == quantity) & (frame["site"] != "weight")
+    bad = frame.loc[signal & (frame["nonfinite"] > 0), "layer"]
     if bad.empty:
         return None
     return int(bad.min() if forward else bad.max())
+
+
+def _log10_ratio(start: float, end: float) -> float:
+    """log10(end / start); -inf when nothing arrives (end == 0, including 0 -> 0: a dead
+    signal has vanished), +inf when something arrives from nothing, NaN if either is NaN."""
+    if math.isnan(start) or math.isnan(end):
+        return float("nan")
+    if end == 0:
+        return float("-inf")
+    if start == 0:
+        return float("inf")
+    return math.log10(end) - math.log10(start)  # no overflow in end / start
+
+
+def _ratio(start: float, end: float) -> float:
+    """end / start (Python floats: overflow gives inf, never an error); 0 for 0 -> 0."""
+    if start == 0:
+        return 0.0 if end == 0 else math.inf
+    return end / start
 
 
 def judge(log10_ratio: float, overflowed: bool) -> str:
@@ -52,15 +73,13 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
         var = layer_variance(frame, quantity, site)
         if var.empty:
             continue
-        start, end = (var.iloc[0], var.iloc[-1]) if forward else (var.iloc[-1], var.iloc[0])
-        with_nan = math.isnan(start) or math.isnan(end)
-        ratio = float("nan") if with_nan or start == 0 else end / start
-        log10_ratio = (
-            float("-inf") if ratio == 0 else math.log10(ratio) if ratio > 0 else float("nan")
-        )
+        start, end = float(var.iloc[0]), float(var.iloc[-1])
+        if not forward:
+            start, end = end, start
         first_bad = first_nonfinite_layer(frame, quantity)
+        log10_ratio = _log10_ratio(start, end)
         out[quantity] = {
-            "ratio": ratio,
+            "ratio": _ratio(start, end),
             "log10_ratio": log10_ratio,
             "verdict": judge(log10_ratio, first_bad is not None),
             "first_nonfinite_layer": first_bad,
@@ -78,8 +97,10 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
     }[quantity]
     if result["first_nonfinite_layer"] is not None:
         detail = f"non-finite values from layer {result['first_nonfinite_layer']}"
-    elif math.isinf(result["log10_ratio"]):
+    elif result["log10_ratio"] == -math.inf:
         detail = f"{what}: exactly 0 at the end"
+    elif result["log10_ratio"] == math.inf:
+        detail = f"{what}: 0 where it enters"
     else:
         detail = f"{what} = 10^{result['log10_ratio']:+.2f}"
     return f"{quantity + ':':<11} {result['verdict']:<9} ({detail})"

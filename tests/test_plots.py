@@ -36,6 +36,9 @@ def test_overflow_and_underflow_are_marked_not_dropped():
     zeros = frame.assign(var=[1.0, 1e-20, 1e-40, 0.0, 0.0, 0.0], nonfinite=0)
     ax = propbench.plot_variance(zeros, "activation")
     assert "underflow to 0 from layer 4" in ax.get_legend_handles_labels()[1]
+    dead = frame.assign(var=0.0, nonfinite=0)
+    ax = propbench.plot_variance(dead, "activation")
+    assert "no finite, non-zero variance to show" in [t.get_text() for t in ax.texts]
 
 
 def test_deep_frame_renders(tmp_path):

@@ -142,3 +142,18 @@ def test_cuda_matches_cpu(cuda_device):
     cpu = probe(net, x)
     gpu = probe(net.to(cuda_device), x.to(cuda_device))
     np.testing.assert_allclose(gpu["var"], cpu["var"], rtol=1e-3)
+
+
+def test_huge_finite_values_keep_a_finite_variance():
+    # float32 elements ~1e20 are finite, their squares (1e40) are not: the careful pass
+    # reduces in float64 and reports the true variance.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Identity())
+    with torch.no_grad():
+        net[0].weight.mul_(1e20)
+    x = torch.randn(32, 64)
+    frame = probe(net, x)
+    pre = row(frame, "0", "pre", "activation")
+    out = net(x).detach().double()
+    assert pre.nonfinite == 0
+    assert pre["var"] == pytest.approx(out.var(unbiased=False).item(), rel=1e-6)

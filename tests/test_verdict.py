@@ -57,3 +57,24 @@ def test_trials_are_averaged():
     b["trial"] = 1
     result = summarize(pd.concat([a, b]))["activation"]
     assert result["ratio"] == pytest.approx(20.0)
+
+
+def test_dead_signal_is_vanishing_not_nan():
+    # activations underflowed to 0, so every gradient is exactly 0 as well
+    result = summarize(synthetic([1.0, 0.0, 0.0], [0.0, 0.0, 0.0]))["gradient"]
+    assert result["verdict"] == "vanishing" and result["log10_ratio"] == -math.inf
+    assert result["ratio"] == 0.0
+
+
+def test_extreme_float64_ratios_do_not_overflow():
+    result = summarize(synthetic([1e-300, 1.0, 1e300], [1, 1, 1]))["activation"]
+    assert result["log10_ratio"] == pytest.approx(600)
+    assert result["verdict"] == "exploding" and result["ratio"] == math.inf
+
+
+def test_weight_gradient_nan_does_not_count_as_the_signal_overflowing():
+    frame = synthetic([1, 1, 1], [1, 1, 1])
+    weight = frame[frame.quantity == "gradient"].assign(site="weight", nonfinite=0)
+    weight.loc[weight.layer == 3, "nonfinite"] = 7  # its forward input overflowed
+    result = summarize(pd.concat([frame, weight]))["gradient"]
+    assert result["first_nonfinite_layer"] is None
