@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-all figures clean
+.PHONY: install run test test-all figures experiments clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ figures: install  ## regenerate the figures the README shows
 	cp results/figures/prelu_kaiming_d50/propagation.png results/figures/prelu_kaiming_d50.png
 	$(PY) -m propbench depth=50 init=default act=relu hydra.run.dir=results/figures/relu_default_d50
 	cp results/figures/relu_default_d50/propagation.png results/figures/relu_default_d50.png
+
+EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo
+
+experiments: install  ## run the five experiments; figures and summaries land in results/experiments/
+	for name in $(EXPERIMENTS); do \
+	  rm -rf results/experiments/$$name; \
+	  $(PY) -m propbench +experiment=$$name || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -142,11 +142,11 @@ def _task(cfg: Any) -> None:
     from propbench.verdict import describe
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return _sweep_job(cfg, hydra_cfg)
     try:
         result = execute(cfg, hydra_cfg.runtime.output_dir)
     except PropbenchError as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
         fail(str(err))
     summary = result.summary
     print(f"{PROG}: {config_title(result.frame)} on {summary['device']}, {summary['elapsed_s']:.2f} s")
@@ -154,6 +154,29 @@ def _task(cfg: Any) -> None:
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))
     print(f"  wrote {result.folder}/ (stats.csv, summary.json, propagation.png)")
+
+
+def _sweep_job(cfg: Any, hydra_cfg: Any) -> None:
+    """One job of a sweep: never raises, so the other jobs run; a failure is recorded in
+    the job's error.json and counted when the sweep is aggregated."""
+    import traceback
+    from pathlib import Path
+
+    from propbench.results import write_error
+    from propbench.runner import execute
+    from propbench.sweep import progress
+
+    folder = Path(hydra_cfg.runtime.output_dir)
+    overrides = " ".join(hydra_cfg.overrides.task)
+    try:
+        summary = execute(cfg, folder).summary
+        outcome = ", ".join(f"{q} {summary[q]['verdict']}" for q in ("activation", "gradient")
+                            if q in summary)
+    except Exception as err:  # noqa: BLE001 -- any failure of one job is that job's result
+        write_error(folder, err, traceback.format_exc())
+        outcome = f"FAILED: {_first_line(err)}"
+    done, total = progress(Path(hydra_cfg.sweep.dir))
+    print(f"[{done}/{total or '?'}] job {hydra_cfg.job.num} ({overrides}): {outcome}", flush=True)
 
 
 def main() -> None:
@@ -168,3 +191,12 @@ def main() -> None:
             fail(str(err))
     register_configs()
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
+
+    from propbench import sweep
+
+    report = sweep.LAST_REPORT
+    if report is not None and not report.ok:
+        problems = [f"{len(report.failed)} failed" if report.failed else "",
+                    f"{len(report.unfinished)} unfinished" if report.unfinished else "",
+                    "claim not held" if report.claim and not report.claim["held"] else ""]
+        fail(f"sweep {report.folder}: " + ", ".join(p for p in problems if p), status=1)

@@ -62,14 +62,17 @@ class MLPConfig(ModelConfig):
 @dataclass
 class CNNConfig(ModelConfig):
     """``depth`` blocks of Conv2d(k x k, 'same') -> [BatchNorm2d] -> activation -> [pool],
-    then global average pooling and a Linear head."""
+    then global average pooling and a Linear head. Blocks come in stages of ``stage_every``;
+    the last block of a stage pools (``pool``, while the image is larger than 1x1) and the
+    first block of the next stage widens the channels by ``channel_growth``."""
 
     name: str = "cnn"
     in_channels: int = 3  # channels of the (batch, C, H, W) input; `width` channels after
     image_size: int = 32  # H = W of the input
     kernel_size: int = 3  # odd, so that 'same' padding is symmetric
-    pool: Pool = Pool.none  # 2x2 pooling inside every `pool_every`-th block
-    pool_every: int = 0  # 0: never pool
+    stage_every: int = 0  # blocks per stage (0: one stage). A stage ends with a 2x2 pool
+    pool: Pool = Pool.none  # (none: no pooling) and the next block multiplies the
+    channel_growth: int = 1  # channels by channel_growth (1: a fixed number of channels)
     num_classes: int = 10  # outputs of the linear head
 
 
@@ -121,6 +124,28 @@ SLOPED_ACTIVATIONS = ("leaky_relu", "prelu")
 
 
 @dataclass
+class Expectation:
+    """One checkable consequence of an experiment's claim: every job whose overrides match
+    ``where`` (e.g. ``{init: default, act: relu, depth: 100}``) gets one of ``verdict`` for
+    ``quantity``."""
+
+    where: dict[str, Any] = field(default_factory=dict)
+    quantity: str = "activation"  # activation | gradient
+    verdict: list[str] = field(default_factory=list)  # accepted verdicts
+
+
+@dataclass
+class ExperimentConfig:
+    """A named study (experiments/experiment/*.yaml): the claim, where it comes from, and
+    the expectations the sweep's summary checks."""
+
+    name: str = ""
+    claim: str = ""
+    source: str = ""
+    expect: list[Expectation] = field(default_factory=list)
+
+
+@dataclass
 class PropbenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # MLPConfig or CNNConfig
     act: ActConfig = field(default_factory=ActConfig)
@@ -133,6 +158,7 @@ class PropbenchConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = DType.float32
     bias: bool = True
+    experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
 
 def register_configs() -> None:
@@ -190,9 +216,9 @@ def validate(cfg: Any) -> None:
     if cfg.model.name not in models:
         raise ConfigError(f"model.name={cfg.model.name}: choose one of {', '.join(models)}")
     if cfg.model.name == "cnn":
-        for key in ("in_channels", "image_size", "kernel_size", "num_classes"):
+        for key in ("in_channels", "image_size", "kernel_size", "num_classes", "channel_growth"):
             _at_least(cfg, f"model.{key}", 1)
-        _at_least(cfg, "model.pool_every", 0)
+        _at_least(cfg, "model.stage_every", 0)
         if cfg.model.kernel_size % 2 == 0:
             raise ConfigError(f"model.kernel_size={cfg.model.kernel_size}: must be odd")
 

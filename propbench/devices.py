@@ -48,7 +48,8 @@ def estimate_bytes(s: Any) -> int:
     BatchNorm) and two gradient-sized tensors in flight."""
     itemsize = _ITEMSIZE[s.dtype]
     if s.model.name == "cnn":
-        k2, pixels = s.model.kernel_size**2, s.model.image_size**2
+        # channel growth and pooling trade channels for pixels; the first stage bounds both
+        k2, pixels = s.model.kernel_size**2 * s.model.channel_growth**2, s.model.image_size**2
     else:
         k2, pixels = 1, 1
     weights = s.depth * (s.width * s.width * k2 + 3 * s.width)

@@ -69,24 +69,27 @@ def mlp(depth: int, width: int, act: Any, norm: str, bias: bool, dtype: torch.dt
 
 
 def cnn(depth: int, width: int, act: Any, model: Any, bias: bool, dtype: torch.dtype) -> DeepStack:
+    """Conv blocks starting at ``width`` channels, in stages of ``stage_every`` blocks (see
+    CNNConfig): a stage's last block pools, the next stage's first block widens."""
     pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
-    blocks, size = [], model.image_size
+    blocks, size, channels, widen = [], model.image_size, model.in_channels, False
     for i in range(depth):
-        pool = None
-        if model.pool in pools and model.pool_every and (i + 1) % model.pool_every == 0 and size > 1:
-            pool, size = pools[model.pool](2), size // 2
+        out = width if i == 0 else channels * (model.channel_growth if widen else 1)
+        stage_end = model.stage_every > 0 and (i + 1) % model.stage_every == 0
+        pooled = stage_end and model.pool in pools and size > 1
         blocks.append(
             Block(
                 "conv",
-                nn.Conv2d(model.in_channels if i == 0 else width, width, model.kernel_size,
-                          padding="same", bias=bias, dtype=dtype),
-                nn.BatchNorm2d(width, dtype=dtype) if model.norm == "batchnorm" else None,
+                nn.Conv2d(channels, out, model.kernel_size, padding="same", bias=bias, dtype=dtype),
+                nn.BatchNorm2d(out, dtype=dtype) if model.norm == "batchnorm" else None,
                 make_activation(act.name, act.slope).to(dtype),
-                pool,
+                pools[model.pool](2) if pooled else None,
             )
         )
+        channels, widen = out, stage_end
+        size = size // 2 if pooled else size
     head = nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, model.num_classes, dtype=dtype)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, model.num_classes, dtype=dtype)
     )
     return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
 

@@ -131,3 +131,107 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     plot_propagation(frame, figure.subplots(1, 2))
     figure.savefig(path, dpi=110, format="png")
+
+
+# --- sweeps -----------------------------------------------------------------------------
+
+SIGNAL_LABELS = {"activation": "post-activation variance",
+                 "gradient": "\u2202/\u2202 pre-activation variance"}
+
+
+def _label(keys: Sequence[str], values: Any) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+
+
+def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
+                    axes: Optional[Any] = None) -> Any:
+    """Rows: activation; columns: activation and gradient variance; one line per value of
+    ``line_by`` (default: the init); x = layer, log y. ``frame`` is a sweep's (one depth)."""
+    acts = list(dict.fromkeys(frame["act"]))
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(len(acts), 2, figsize=(11, 3.2 * len(acts)), squeeze=False,
+                               layout="constrained")
+    for row, act in zip(axes, acts):
+        rows = frame[frame["act"] == act]
+        for ax, quantity in zip(row, PANELS):
+            site = SIGNALS[quantity][0]
+            for values, group in rows.groupby(list(line_by), sort=True):
+                var = layer_variance(group, quantity, site)
+                ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
+                ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, label=_label(line_by, values))
+            format_axes(ax, f"act={act}: {SIGNAL_LABELS[quantity]}", "layer (block index)",
+                        "variance (log scale)")
+    return axes
+
+
+def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
+                       row_by: Sequence[str] = ("init",), column: str = "act",
+                       ax: Optional[Any] = None) -> Any:
+    """``log10_ratio`` of each job over ``row_by`` x ``column``, with a diverging colour map
+    centred on 0 (white = stable end to end) and the numbers in the cells."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    values = table.assign(_row=[_label(row_by, tuple(r)) for r in table[list(row_by)].itertuples(index=False)])
+    grid = values.groupby(["_row", column], sort=False)[f"{quantity}_log10_ratio"].first().unstack(column)
+    verdicts = values.groupby(["_row", column], sort=False)[f"{quantity}_verdict"].first().unstack(column)
+    data = grid.to_numpy(dtype=float)
+    finite = np.abs(data[np.isfinite(data)])
+    bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+    shown = np.where(np.isnan(data) & (verdicts.to_numpy() == "exploding"), bound, data)
+    image = ax.imshow(np.clip(shown, -bound, bound), cmap="RdBu_r", vmin=-bound, vmax=bound,
+                      aspect="auto")
+    for (i, j), value in np.ndenumerate(data):
+        verdict = verdicts.iat[i, j]
+        text = ("" if not isinstance(verdict, str) or not verdict else
+                "inf/NaN" if np.isnan(value) else "\u2212\u221e" if value == -np.inf
+                else f"{value:+.1f}")
+        strong = np.isfinite(value) and abs(value) > 0.6 * bound or not np.isfinite(value)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                color="white" if strong else "black")
+    ax.set_xticks(range(grid.shape[1]), labels=[f"{column}={c}" for c in grid.columns],
+                  rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), labels=list(grid.index))
+    ax.figure.colorbar(image, ax=ax, label="log10 ratio (0 = preserved)")
+    what = ("post-activation variance, last / first layer" if quantity == "activation"
+            else "pre-activation gradient variance, first / last layer")
+    ax.set_title(f"{quantity}: {what}", fontsize=10)
+    return ax
+
+
+def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any) -> list[Any]:
+    """One grid and one heatmap per depth, written into the sweep folder without pyplot."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    jobs = frame.groupby("job")[["act", "init", "depth"]].first()
+    table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
+    table = table.join(jobs, on="job")
+    varying = [k for k in table.columns if k not in ("act", "depth", "job", "status", "error",
+               "overrides") and not k.endswith(("_log10_ratio", "_verdict"))
+               and table[k].astype(str).nunique() > 1]
+    line_by = varying or ["init"]
+    paths = []
+    for depth, rows in frame.groupby("depth"):
+        n_acts = rows["act"].nunique()
+        grid = Figure(figsize=(11, 3.2 * n_acts + 0.6), layout="constrained")
+        plot_sweep_grid(rows, line_by, grid.subplots(n_acts, 2, squeeze=False))
+        first = rows.iloc[0]
+        grid.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
+                      f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
+        paths.append(folder / f"grid_depth{depth}.png")
+        grid.savefig(paths[-1], dpi=100)
+        n_rows = len(table[line_by].drop_duplicates())
+        heat = Figure(figsize=(12, 2.4 + 0.45 * n_rows), layout="constrained")
+        for ax, quantity in zip(heat.subplots(1, 2), PANELS):
+            plot_ratio_heatmap(table[table["depth"] == depth], quantity, line_by, ax=ax)
+        heat.suptitle(f"log10 of the end-to-end variance ratio \u00b7 depth {depth}")
+        paths.append(folder / f"heatmap_depth{depth}.png")
+        heat.savefig(paths[-1], dpi=100)
+    return paths

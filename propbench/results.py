@@ -21,6 +21,9 @@ from propbench.errors import ResultsError
 STATS = "stats.csv"
 SUMMARY = "summary.json"
 FIGURE = "propagation.png"
+ERROR = "error.json"  # a sweep job that failed: its error instead of a summary
+MANIFEST = "jobs.json"  # a sweep folder: every job's number and overrides
+SWEEP_CSV = "sweep.csv"
 
 # The frame's contract: columns and their types (config columns follow these).
 COLUMN_TYPES = {
@@ -65,11 +68,27 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def write_error(folder: Path, err: BaseException, trace: str) -> Path:
+    """Record why a sweep job failed (its first line, type and traceback)."""
+    path = folder / ERROR
+    message = next((l for l in str(err).splitlines() if l.strip()), type(err).__name__)
+    text = json.dumps({"status": "failed", "error": message, "type": type(err).__name__,
+                       "traceback": trace}, indent=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+    return path
+
+
 def _stats_path(path: Path) -> Path:
     if not path.exists():
         raise ResultsError(f"{path}: no such file or folder")
     if path.is_file():
         return path
+    if (path / MANIFEST).exists() or (path / SWEEP_CSV).exists():
+        sweep = path / SWEEP_CSV
+        if not sweep.exists():
+            raise ResultsError(f"{path}: sweep not aggregated yet; run python -m propbench.report {path}")
+        return sweep
     stats = path / STATS
     if not stats.exists():
         raise ResultsError(f"{path}: not a propbench run folder (no {STATS})")
@@ -79,7 +98,8 @@ def _stats_path(path: Path) -> Path:
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
-    """The frame of a run folder (or of a ``stats.csv``), with the contract's column types.
+    """The frame of a run folder, a sweep folder (its ``sweep.csv``: every job stacked, with
+    a ``job`` column) or a CSV file, with the contract's column types.
 
     >>> import propbench
     >>> frame = propbench.load("results/runs/...")  # doctest: +SKIP

@@ -18,7 +18,7 @@ def test_mlp_blocks_and_names():
 def test_cnn_same_padding_pooling_and_head():
     model = propbench.build_model(cfg(
         "model=cnn", "depth=4", "width=6", "model.image_size=16", "model.pool=max",
-        "model.pool_every=2", "model.kernel_size=5", "model.num_classes=7"))
+        "model.stage_every=2", "model.kernel_size=5", "model.num_classes=7"))
     assert model.blocks[0].conv.in_channels == 3 and model.blocks[0].conv.padding == "same"
     assert model.blocks[0].pool is None and isinstance(model.blocks[1].pool, nn.MaxPool2d)
     x = torch.randn(2, 3, 16, 16)
@@ -28,7 +28,7 @@ def test_cnn_same_padding_pooling_and_head():
 
 def test_pooling_stops_at_one_pixel():
     model = propbench.build_model(cfg("model=cnn", "depth=6", "width=4", "model.image_size=4",
-                                      "model.pool=avg", "model.pool_every=1"))
+                                      "model.pool=avg", "model.stage_every=1"))
     assert model(torch.randn(2, 3, 4, 4)).shape == (2, 10)
 
 
@@ -52,3 +52,19 @@ def test_streams_are_independent():
     assert len({seeds.weights, seeds.inputs, seeds.cotangent}) == 3
     assert trial_seeds(0, 1) != seeds and trial_seeds(1, 0) != seeds
     assert trial_seeds(0, 0) == seeds  # and reproducible
+
+
+def test_cnn_channel_growth_widens_after_each_stage():
+    model = propbench.build_model(cfg(
+        "model=cnn", "depth=5", "width=4", "model.image_size=8", "model.pool=avg",
+        "model.stage_every=2", "model.channel_growth=2"))
+    channels = [(b.conv.in_channels, b.conv.out_channels) for b in model.blocks]
+    assert channels == [(3, 4), (4, 4), (4, 8), (8, 8), (8, 16)]
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_cnn_widens_without_pooling():
+    model = propbench.build_model(cfg("model=cnn", "depth=4", "width=4", "model.image_size=6",
+                                      "model.stage_every=2", "model.channel_growth=3"))
+    assert [b.conv.out_channels for b in model.blocks] == [4, 4, 12, 12]
+    assert model.blocks(torch.randn(1, 3, 6, 6)).shape == (1, 12, 6, 6)
