@@ -8,7 +8,9 @@ do not pay for torch or matplotlib until they are used:
 - :func:`probe` -- per-layer statistics of one forward+backward of any ``nn.Module``;
 - :func:`run` -- a config's trials as one tidy frame (optionally writing a run folder);
 - :func:`load` -- the frame of a run folder; :func:`summarize` -- its verdict;
-- :func:`plot_propagation`, :func:`plot_variance` -- the plots.
+- :func:`aggregate` -- a sweep folder's tables and figures (what ``propbench.report`` does);
+- :func:`plot_propagation`, :func:`plot_variance`, :func:`plot_sweep_grid`,
+  :func:`plot_ratio_heatmap` -- the plots.
 """
 
 from importlib import import_module
@@ -25,6 +27,9 @@ _API = {
     "summarize": "propbench.verdict",
     "plot_propagation": "propbench.plots",
     "plot_variance": "propbench.plots",
+    "plot_sweep_grid": "propbench.plots",
+    "plot_ratio_heatmap": "propbench.plots",
+    "aggregate": "propbench.sweep",
 }
 __all__ = [*_API, "__version__"]
 

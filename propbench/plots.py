@@ -168,43 +168,66 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
 
 
 def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
-                       row_by: Sequence[str] = ("init",), column: str = "act",
-                       ax: Optional[Any] = None) -> Any:
-    """``log10_ratio`` of each job over ``row_by`` x ``column``, with a diverging colour map
-    centred on 0 (white = stable end to end) and the numbers in the cells."""
+                       row_by: Sequence[str] = ("init",), column: Optional[str] = "act",
+                       ax: Optional[Any] = None, bound: Optional[float] = None) -> Any:
+    """``log10_ratio`` per job (``table``: a sweep's sweep_summary) over ``row_by`` x
+    ``column``, with a diverging colour map centred on 0 (white: preserved end to end) and
+    the numbers in the cells. With ``column=None`` the columns are the two quantities.
+    ``bound`` fixes the colour scale (default: the largest finite |log10_ratio|, at least 2).
+    """
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    values = table.assign(_row=[_label(row_by, tuple(r)) for r in table[list(row_by)].itertuples(index=False)])
-    grid = values.groupby(["_row", column], sort=False)[f"{quantity}_log10_ratio"].first().unstack(column)
-    verdicts = values.groupby(["_row", column], sort=False)[f"{quantity}_verdict"].first().unstack(column)
+    rows = table.assign(_row=[_label(row_by, tuple(r))
+                              for r in table[list(row_by)].itertuples(index=False)])
+    if column is None:
+        grid = rows.groupby("_row", sort=False)[[f"{q}_log10_ratio" for q in PANELS]].first()
+        verdicts = rows.groupby("_row", sort=False)[[f"{q}_verdict" for q in PANELS]].first()
+        labels = list(PANELS)
+    else:
+        keyed = rows.groupby(["_row", column], sort=False)
+        grid = keyed[f"{quantity}_log10_ratio"].first().unstack(column)
+        verdicts = keyed[f"{quantity}_verdict"].first().unstack(column)
+        labels = [f"{column}={c}" for c in grid.columns]
     data = grid.to_numpy(dtype=float)
-    finite = np.abs(data[np.isfinite(data)])
-    bound = max(2.0, float(finite.max()) if finite.size else 2.0)
-    shown = np.where(np.isnan(data) & (verdicts.to_numpy() == "exploding"), bound, data)
-    image = ax.imshow(np.clip(shown, -bound, bound), cmap="RdBu_r", vmin=-bound, vmax=bound,
-                      aspect="auto")
+    if bound is None:
+        finite = np.abs(data[np.isfinite(data)])
+        bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+    overflowed = np.isnan(data) & (verdicts.to_numpy() == "exploding")
+    from matplotlib.colors import SymLogNorm
+
+    # linear inside the stable band |log10 r| <= 1, logarithmic beyond, so that 1.5 and 29
+    # both read as "not stable" on one scale
+    norm = SymLogNorm(linthresh=1.0, linscale=1.0, vmin=-bound, vmax=bound, base=10)
+    image = ax.imshow(np.clip(np.where(overflowed, bound, data), -bound, bound), cmap="RdBu_r",
+                      norm=norm, aspect="auto")
     for (i, j), value in np.ndenumerate(data):
         verdict = verdicts.iat[i, j]
-        text = ("" if not isinstance(verdict, str) or not verdict else
-                "inf/NaN" if np.isnan(value) else "\u2212\u221e" if value == -np.inf
+        if not isinstance(verdict, str) or not verdict:
+            continue
+        text = ("inf/NaN" if np.isnan(value) else "\u2212\u221e" if value == -np.inf
                 else f"{value:+.1f}")
-        strong = np.isfinite(value) and abs(value) > 0.6 * bound or not np.isfinite(value)
+        strong = not np.isfinite(value) or abs(norm(value) - 0.5) > 0.3
         ax.text(j, i, text, ha="center", va="center", fontsize=8,
                 color="white" if strong else "black")
-    ax.set_xticks(range(grid.shape[1]), labels=[f"{column}={c}" for c in grid.columns],
-                  rotation=30, ha="right")
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=30 if column else 0,
+                  ha="right" if column else "center")
     ax.set_yticks(range(grid.shape[0]), labels=list(grid.index))
-    ax.figure.colorbar(image, ax=ax, label="log10 ratio (0 = preserved)")
-    what = ("post-activation variance, last / first layer" if quantity == "activation"
-            else "pre-activation gradient variance, first / last layer")
-    ax.set_title(f"{quantity}: {what}", fontsize=10)
+    bar = ax.figure.colorbar(image, ax=ax, label="log10 ratio (0 = preserved, \u00b11 = verdict)")
+    bar.set_ticks([t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= bound])
+    bar.ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")
+    ax.set_title("log10 ratio of the end-to-end variance" if column is None else
+                 f"{quantity}: {SIGNAL_LABELS[quantity]}, end to end", fontsize=10)
     return ax
 
 
-def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any) -> list[Any]:
-    """One grid and one heatmap per depth, written into the sweep folder without pyplot."""
+def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
+                       swept: Sequence[str] = ()) -> list[Any]:
+    """One grid and one heatmap per depth, written into the sweep folder without pyplot.
+
+    Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
+    than act and depth, or by the init if none does."""
     from pathlib import Path
 
     from matplotlib.figure import Figure
@@ -213,25 +236,32 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any) ->
     jobs = frame.groupby("job")[["act", "init", "depth"]].first()
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
-    varying = [k for k in table.columns if k not in ("act", "depth", "job", "status", "error",
-               "overrides") and not k.endswith(("_log10_ratio", "_verdict"))
-               and table[k].astype(str).nunique() > 1]
-    line_by = varying or ["init"]
+    line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
     paths = []
     for depth, rows in frame.groupby("depth"):
-        n_acts = rows["act"].nunique()
-        grid = Figure(figsize=(11, 3.2 * n_acts + 0.6), layout="constrained")
-        plot_sweep_grid(rows, line_by, grid.subplots(n_acts, 2, squeeze=False))
         first = rows.iloc[0]
+        grid = Figure(figsize=(11, 3.2 * rows["act"].nunique() + 0.6), layout="constrained")
+        plot_sweep_grid(rows, line_by, grid.subplots(rows["act"].nunique(), 2, squeeze=False))
         grid.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
                       f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
         paths.append(folder / f"grid_depth{depth}.png")
         grid.savefig(paths[-1], dpi=100)
-        n_rows = len(table[line_by].drop_duplicates())
-        heat = Figure(figsize=(12, 2.4 + 0.45 * n_rows), layout="constrained")
-        for ax, quantity in zip(heat.subplots(1, 2), PANELS):
-            plot_ratio_heatmap(table[table["depth"] == depth], quantity, line_by, ax=ax)
-        heat.suptitle(f"log10 of the end-to-end variance ratio \u00b7 depth {depth}")
+
+        jobs_here = table[table["depth"] == depth]
+        ratios = jobs_here[[f"{q}_log10_ratio" for q in PANELS]].to_numpy(dtype=float)
+        finite = np.abs(ratios[np.isfinite(ratios)])
+        bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+        n_rows = len(jobs_here[line_by].drop_duplicates())
+        act_per_row = jobs_here.groupby(line_by)["act"].nunique().max() == 1
+        if act_per_row or jobs_here["act"].nunique() == 1:
+            heat = Figure(figsize=(7, 1.6 + 0.4 * n_rows), layout="constrained")
+            plot_ratio_heatmap(jobs_here, row_by=line_by, column=None, ax=heat.subplots(),
+                               bound=bound)
+        else:
+            heat = Figure(figsize=(12, 2.4 + 0.45 * n_rows), layout="constrained")
+            for ax, quantity in zip(heat.subplots(1, 2), PANELS):
+                plot_ratio_heatmap(jobs_here, quantity, line_by, ax=ax, bound=bound)
+        heat.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']}")
         paths.append(folder / f"heatmap_depth{depth}.png")
         heat.savefig(paths[-1], dpi=100)
     return paths

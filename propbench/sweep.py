@@ -232,7 +232,8 @@ def _write(report: SweepReport, keys: list[str], figures: bool) -> None:
     if figures and len(report.frame):
         from propbench.plots import save_sweep_figures
 
-        report.figures = save_sweep_figures(report.frame, report.table, folder)
+        swept = [k for k in keys if report.table[k].astype(str).nunique() > 1]
+        report.figures = save_sweep_figures(report.frame, report.table, folder, swept)
 
 
 def progress(sweep_dir: Path) -> tuple[int, int]:

@@ -29,8 +29,8 @@ def per_layer_factor(var):
 
 def cli(*args, cwd, env=None, timeout=300):
     """Run ``python -m propbench ARGS`` in ``cwd``; return the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "propbench", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
