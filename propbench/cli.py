@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from propbench.config import CONF_DIR, compose, register_configs, settings
 from propbench.errors import ConfigError, PropbenchError
@@ -76,8 +76,9 @@ def explain(err: BaseException, override: str) -> str:
     return f"{override}: {_first_line(err)}" if override else _first_line(err)
 
 
-def _combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """Override lists to check: all first values, then each further sweep value alone."""
+def _combinations(overrides: list[str]) -> tuple[list[list[str]], Optional[str]]:
+    """Override lists to check -- all first values, then each further sweep value alone --
+    and the first sweep override, if any."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -86,12 +87,12 @@ def _combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
     except OverrideParseException as err:
         raise ConfigError(_first_line(err)) from None
     choices: list[list[str]] = []
+    sweep = None
     for o in parsed:
         if o.is_hydra_override() or o.is_interval_sweep() or o.value_type.name.startswith("GLOB"):
             continue  # Hydra's own settings, and sweeps only Hydra can enumerate
         if o.is_sweep_override():
-            if not multirun:
-                raise ConfigError(f"{o.input_line}: a list of values is a sweep; add -m")
+            sweep = sweep or o.input_line
             choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:
             choices.append([o.input_line])
@@ -99,23 +100,31 @@ def _combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
     combos = [base]
     for i, values in enumerate(choices):
         combos += [base[:i] + [v] + base[i + 1:] for v in values[1:]]
-    return combos
+    return combos, sweep
 
 
 def check(argv: list[str]) -> None:
     """Compose and validate what ``argv`` asks for; raise ConfigError with one line."""
     from hydra.errors import HydraException
+    from omegaconf import open_dict
     from omegaconf.errors import OmegaConfBaseException
 
     from propbench.devices import check_memory, resolve_device
 
     multirun = any(a in _MULTIRUN_FLAGS for a in argv)
     overrides = [a for a in argv if a not in _MULTIRUN_FLAGS]
-    for combo in _combinations(overrides, multirun):
+    combos, sweep = _combinations(overrides)
+    for i, combo in enumerate(combos):
         try:
-            cfg = compose(combo)
+            cfg = compose(combo, return_hydra_config=i == 0)
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(explain(err, _culprit(err, combo))) from None
+        if i == 0:  # an experiment may switch to multirun itself (hydra.mode)
+            multirun = multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+            if sweep and not multirun:
+                raise ConfigError(f"{sweep}: a list of values is a sweep; add -m")
+            with open_dict(cfg):
+                del cfg["hydra"]  # its job-time interpolations cannot resolve here
         s = settings(cfg)
         check_memory(s, resolve_device(s.device))
 

@@ -257,7 +257,7 @@ def validate(cfg: Any) -> None:
         raise ConfigError(f"init.a={cfg.init.a}, init.b={cfg.init.b}: need a < b")
 
 
-def compose(overrides: Optional[list[str]] = None) -> Any:
+def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = False) -> Any:
     """The config ``python -m propbench OVERRIDES...`` would run, as an OmegaConf DictConfig.
 
     >>> from propbench import compose
@@ -269,7 +269,8 @@ def compose(overrides: Optional[list[str]] = None) -> Any:
 
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="propbench"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+        return hydra_compose(config_name="config", overrides=list(overrides or []),
+                             return_hydra_config=return_hydra_config)
 
 
 def settings(cfg: Any) -> SimpleNamespace:

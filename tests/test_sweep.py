@@ -132,3 +132,10 @@ def test_aggregate_without_manifest_uses_job_folders(basic_sweep, tmp_path):
     shutil.copytree(basic_sweep[0], copy)
     (copy / "jobs.json").unlink()
     assert len(aggregate(copy, figures=False).table) == 8
+
+
+def test_shipped_slurm_settings_compose(tmp_path):
+    proc = cli("--cfg", "hydra", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "SlurmLauncher" in proc.stdout and "gpus_per_node: 1" in proc.stdout
+    assert "partition: gpu" in proc.stdout
