@@ -162,7 +162,19 @@ def _task(cfg: Any) -> None:
     for quantity in ("activation", "gradient"):
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))
-    print(f"  wrote {result.folder}/ (stats.csv, summary.json, propagation.png)")
+    if result.resumed:
+        print(f"  kept {result.folder}/: complete for this config (resume=true)")
+    else:
+        print(f"  wrote {result.folder}/ (stats.csv, summary.json, propagation.png)")
+    _warn_range(summary)
+
+
+def _warn_range(summary: dict[str, Any]) -> None:
+    from propbench.verdict import range_warning
+
+    warning = range_warning(summary, summary["config"]["dtype"])
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def _sweep_job(cfg: Any, hydra_cfg: Any) -> None:
@@ -178,9 +190,12 @@ def _sweep_job(cfg: Any, hydra_cfg: Any) -> None:
     folder = Path(hydra_cfg.runtime.output_dir)
     overrides = " ".join(hydra_cfg.overrides.task)
     try:
-        summary = execute(cfg, folder).summary
+        result = execute(cfg, folder)
+        summary = result.summary
         outcome = ", ".join(f"{q} {summary[q]['verdict']}" for q in ("activation", "gradient")
                             if q in summary)
+        outcome += " (kept: resume=true)" if result.resumed else ""
+        _warn_range(summary)
     except Exception as err:  # noqa: BLE001 -- any failure of one job is that job's result
         write_error(folder, err, traceback.format_exc())
         outcome = f"FAILED: {_first_line(err)}"

@@ -158,6 +158,7 @@ class PropbenchConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = DType.float32
     bias: bool = True
+    resume: bool = False  # keep a complete result of the same config instead of rerunning
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
 

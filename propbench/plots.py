@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from propbench.verdict import SIGNALS, first_nonfinite_layer, layer_variance
+from propbench.verdict import SIGNALS, first_nonfinite_layer, first_zero_layer, layer_variance
 
 SITE_STYLE = {  # site -> (label, colour)
     "pre": ("pre-activation (Linear/Conv output)", "C0"),
@@ -62,15 +62,12 @@ def config_title(frame: pd.DataFrame) -> str:
 
 def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
     """Show where the signal left float range instead of letting the log axis drop it."""
-    site, forward = SIGNALS[quantity]
-    var = layer_variance(frame, quantity, site)
     overflow = first_nonfinite_layer(frame, quantity)
     if overflow is not None:
         ax.axvline(overflow, color="red", ls=":", lw=1.2,
                    label=f"inf/NaN from layer {overflow}")
-    zero_layers = var.index[var == 0]
-    if len(zero_layers):
-        first_zero = int(zero_layers.min() if forward else zero_layers.max())
+    first_zero = first_zero_layer(frame, quantity)
+    if first_zero is not None:
         ax.axvline(first_zero, color="grey", ls=":", lw=1.2,
                    label=f"underflow to 0 from layer {first_zero}")
 
@@ -124,13 +121,21 @@ def plot_propagation(frame: pd.DataFrame, axes: Optional[Sequence[Any]] = None) 
     return axes
 
 
+def _save(figure: Any, path: Any, dpi: int) -> None:
+    from pathlib import Path
+
+    from propbench.results import atomic_write
+
+    atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+
+
 def save_propagation(frame: pd.DataFrame, path: Any) -> None:
-    """Render :func:`plot_propagation` to ``path`` without pyplot (no global figure state)."""
+    """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(12, 4.5), layout="constrained")
     plot_propagation(frame, figure.subplots(1, 2))
-    figure.savefig(path, dpi=110, format="png")
+    _save(figure, path, dpi=110)
 
 
 # --- sweeps -----------------------------------------------------------------------------
@@ -245,7 +250,7 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
         grid.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
                       f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
         paths.append(folder / f"grid_depth{depth}.png")
-        grid.savefig(paths[-1], dpi=100)
+        _save(grid, paths[-1], dpi=100)
 
         jobs_here = table[table["depth"] == depth]
         ratios = jobs_here[[f"{q}_log10_ratio" for q in PANELS]].to_numpy(dtype=float)
@@ -263,5 +268,5 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                 plot_ratio_heatmap(jobs_here, quantity, line_by, ax=ax, bound=bound)
         heat.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']}")
         paths.append(folder / f"heatmap_depth{depth}.png")
-        heat.savefig(paths[-1], dpi=100)
+        _save(heat, paths[-1], dpi=100)
     return paths

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     for job in report.failed:
         row = report.table.set_index("job").loc[job]
         print(f"failed: job {job} ({row['overrides']}): {row['error']}", file=sys.stderr)
+    for job in report.corrupt:
+        row = report.table.set_index("job").loc[job]
+        print(f"corrupt: job {job} ({row['overrides']}): {row['error']}", file=sys.stderr)
     for job in report.unfinished:
         row = report.table.set_index("job").loc[job]
         print(f"{row['status']}: job {job} ({row['overrides']})", file=sys.stderr)

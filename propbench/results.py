@@ -79,6 +79,17 @@ def write_error(folder: Path, err: BaseException, trace: str) -> Path:
     return path
 
 
+def completed_config(folder: Path) -> dict[str, Any] | None:
+    """The config of the complete run in ``folder`` (None if there is none or it is broken)."""
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("complete") is not True or not (folder / STATS).exists():
+        return None
+    return summary.get("config")
+
+
 def _stats_path(path: Path) -> Path:
     if not path.exists():
         raise ResultsError(f"{path}: no such file or folder")
@@ -91,6 +102,8 @@ def _stats_path(path: Path) -> Path:
         return sweep
     stats = path / STATS
     if not stats.exists():
+        if (path / ".hydra").exists() or (path / ERROR).exists():
+            raise ResultsError(f"{path}: incomplete run (stopped or failed before {STATS})")
         raise ResultsError(f"{path}: not a propbench run folder (no {STATS})")
     if not (path / SUMMARY).exists():
         raise ResultsError(f"{path}: incomplete run ({STATS} without {SUMMARY}); rerun it")

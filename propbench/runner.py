@@ -20,7 +20,8 @@ from propbench.devices import check_memory, device_name, resolve_device
 from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
 from propbench.probe import probe
-from propbench.results import CONFIG_COLUMNS, FIGURE, write_stats, write_summary
+from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
+                               write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.verdict import summarize
 
@@ -30,6 +31,13 @@ class RunResult:
     frame: pd.DataFrame
     summary: dict[str, Any]
     folder: Optional[Path] = None
+    resumed: bool = False  # True: kept from a complete earlier run (resume=true)
+
+
+def _same_run(done: Optional[dict[str, Any]], config: dict[str, Any]) -> bool:
+    ignore = ("resume",)
+    strip = lambda c: {k: v for k, v in c.items() if k not in ignore}  # noqa: E731
+    return done is not None and strip(done) == strip(config)
 
 
 def _trial(s: Any, trial: int, device: torch.device) -> pd.DataFrame:
@@ -55,6 +63,8 @@ def config_columns(s: Any) -> dict[str, Any]:
 def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
     """Validate ``cfg``, probe every trial, summarize; write the run folder if given."""
     s = settings(cfg)
+    if s.resume and out_dir is not None and _same_run(completed_config(Path(out_dir)), as_dict(s)):
+        return RunResult(load(out_dir), read_summary(out_dir), Path(out_dir), resumed=True)
     device = resolve_device(s.device)
     check_memory(s, device)
     started = time.perf_counter()
@@ -77,6 +87,13 @@ def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
         "versions": {
             "propbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "pandas": pd.__version__, "python": platform.python_version(),
+        },
+        "determinism": {
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "threads": torch.get_num_threads(),
+            "seeds": [vars(trial_seeds(s.seed, t)) for t in range(s.trials)],
         },
         "command": " ".join(sys.argv),
     }

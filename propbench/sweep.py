@@ -93,13 +93,17 @@ class SweepReport:
         return self.table.loc[self.table["status"] == "failed", "job"].tolist()
 
     @property
+    def corrupt(self) -> list[int]:
+        return self.table.loc[self.table["status"] == "corrupt", "job"].tolist()
+
+    @property
     def unfinished(self) -> list[int]:
         return self.table.loc[self.table["status"].isin(["missing", "incomplete"]), "job"].tolist()
 
     @property
     def ok(self) -> bool:
         claim_held = self.claim is None or self.claim["held"]
-        return not self.failed and not self.unfinished and claim_held
+        return not self.failed and not self.corrupt and not self.unfinished and claim_held
 
 
 def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
@@ -121,7 +125,12 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
         row = {"job": job, "status": status, "error": error, "overrides": " ".join(overrides)}
         row.update({_key(o): _value(o) for o in overrides})
         if status == "ok":
-            summary = read_summary(folder / str(job))
+            try:
+                summary, stats = read_summary(folder / str(job)), load(folder / str(job))
+            except (ResultsError, ValueError) as err:  # a file edited or cut short by hand
+                status, error = "corrupt", str(err)
+                row.update(status=status, error=error)
+        if status == "ok":
             for quantity in QUANTITIES:
                 result = summary.get(quantity, {})
                 ratio = result.get("log10_ratio")
@@ -129,7 +138,6 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                     ratio if ratio is not None else -math.inf if result.get("verdict") == "vanishing"
                     else math.nan)
                 row[f"{quantity}_verdict"] = result.get("verdict", "")
-            stats = load(folder / str(job))
             stats.insert(0, "job", job)
             for key in keys:
                 if key not in stats.columns:
@@ -152,7 +160,10 @@ def _experiment(folder: Path) -> Optional[dict[str, Any]]:
     import yaml
 
     for config in sorted(folder.glob("*/.hydra/config.yaml")):
-        experiment = (yaml.safe_load(config.read_text()) or {}).get("experiment")
+        try:
+            experiment = (yaml.safe_load(config.read_text()) or {}).get("experiment")
+        except (yaml.YAMLError, AttributeError):  # safe_load: never constructs objects
+            continue
         if experiment:
             return experiment
     return None

@@ -39,6 +39,17 @@ def first_nonfinite_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
     return int(bad.min() if forward else bad.max())
 
 
+def first_zero_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+    """The first layer, in the direction ``quantity`` travels, whose signal variance is
+    exactly 0 (it underflowed, or every element is equal)."""
+    site, forward = SIGNALS[quantity]
+    var = layer_variance(frame, quantity, site)
+    zero = var.index[var == 0]
+    if len(zero) == 0:
+        return None
+    return int(zero.min() if forward else zero.max())
+
+
 def _log10_ratio(start: float, end: float) -> float:
     """log10(end / start); -inf when nothing arrives (end == 0, including 0 -> 0: a dead
     signal has vanished), +inf when something arrives from nothing, NaN if either is NaN."""
@@ -83,10 +94,28 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "log10_ratio": log10_ratio,
             "verdict": judge(log10_ratio, first_bad is not None),
             "first_nonfinite_layer": first_bad,
+            "first_zero_layer": first_zero_layer(frame, quantity),
             "start_var": float(start),  # where the signal enters
             "end_var": float(end),  # where it leaves
         }
     return out
+
+
+def range_warning(summary: dict[str, Any], dtype: str) -> Optional[str]:
+    """One line saying where the signal left the float range, or None if it never did."""
+    parts = []
+    for quantity in SIGNALS:
+        result = summary.get(quantity)
+        if not result:
+            continue
+        if result["first_nonfinite_layer"] is not None:
+            parts.append(f"{quantity} overflowed to inf/NaN from layer {result['first_nonfinite_layer']}")
+        elif result.get("first_zero_layer") is not None:
+            parts.append(f"{quantity} underflowed to 0 from layer {result['first_zero_layer']}")
+    if not parts:
+        return None
+    hint = "; dtype=float64 extends the range" if dtype == "float32" else ""
+    return f"{'; '.join(parts)} ({dtype}{hint})"
 
 
 def describe(quantity: str, result: dict[str, Any]) -> str:

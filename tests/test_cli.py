@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import propbench
+import propbench.errors
 from tests.conftest import ROOT, cfg, cli
 
 TINY = ("depth=5", "width=32", "batch_size=16")
@@ -52,6 +53,9 @@ BAD = [
     (["depth=abc"], "depth=abc"),
     (["depth=1000000000"], "lower depth, width or batch_size"),
     (["width=-3"], "width=-3: must be >= 1"),
+    (["width=0"], "width=0: must be >= 1"),
+    (["act=prelu", "act.slope=nan"], "act.slope=nan: prelu needs a finite slope >= 0"),
+    (["init=kaiming", "init.mode=null"], "init.mode=null: init=kaiming needs a value"),
     (["batch_size=0"], "batch_size=0"),
     (["trials=0"], "trials=0"),
     (["act=nope"], "act=nope: no such option; choose one of elu, gelu"),
@@ -79,15 +83,88 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, message)
     assert not (tmp_path / "results").exists()
 
 
-def test_cuda_request_without_cuda_is_refused(tmp_path):
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_unavailable_cuda_device_is_refused(tmp_path, device):
     torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        proc = cli(f"device=cuda:{torch.cuda.device_count()}", cwd=tmp_path)
-        assert "CUDA device(s) visible" in proc.stderr
-    else:
-        proc = cli("device=cuda", cwd=tmp_path)
-        assert "device=cuda: no CUDA device is available" in proc.stderr
-    assert proc.returncode == 2 and not (tmp_path / "results").exists()
+    if torch.cuda.is_available() and (device == "cuda" or torch.cuda.device_count() > 7):
+        pytest.skip("this device exists here")
+    proc = cli(f"device={device}", cwd=tmp_path)
+    expected = "CUDA device(s) visible" if torch.cuda.is_available() else "no CUDA device is available"
+    assert proc.returncode == 2 and f"device={device}: " in proc.stderr and expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+def test_overflow_finishes_with_one_warning_line(tmp_path):
+    proc = cli("init=normal", "init.std=3", "depth=200", "width=64", "batch_size=32",
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "activation: exploding (non-finite values from layer" in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("propbench: warning: activation overflowed")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON
+    assert summary["activation"]["verdict"] == "exploding"
+    assert summary["activation"]["first_nonfinite_layer"] > 1
+    assert propbench.load(tmp_path / "run")["nonfinite"].sum() > 0
+
+
+def test_underflow_finishes_vanishing_with_one_warning_line(tmp_path):
+    proc = cli("init=default", "act=relu", "depth=500", "width=64", "batch_size=32",
+               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "underflowed to 0 from layer" in proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["gradient"]["verdict"] == "vanishing"
+    assert summary["gradient"]["first_zero_layer"] is not None
+
+
+def test_a_run_killed_midway_is_recognised_as_incomplete(tmp_path):
+    import os
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "propbench", "depth=400", "width=512",
+                             "trials=4", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (run / ".hydra").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    with pytest.raises(propbench.errors.ResultsError, match="incomplete run"):
+        propbench.load(run)
+
+
+def test_resume_keeps_a_complete_run_of_the_same_config(tmp_path):
+    args = (*TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    stamp = (tmp_path / "run" / "summary.json").stat().st_mtime_ns
+    kept = cli(*args, "resume=true", cwd=tmp_path)
+    assert "kept" in kept.stdout and (tmp_path / "run" / "summary.json").stat().st_mtime_ns == stamp
+    rerun = cli(*args, "resume=true", "seed=1", cwd=tmp_path)  # another config: run again
+    assert "wrote" in rerun.stdout and (tmp_path / "run" / "summary.json").stat().st_mtime_ns != stamp
+
+
+def test_same_config_same_bytes_alone_and_in_sweeps(tmp_path):
+    alone = tmp_path / "alone"
+    assert cli(*TINY, "seed=3", f"hydra.run.dir={alone}", cwd=tmp_path).returncode == 0
+    again = tmp_path / "again"
+    assert cli(*TINY, "seed=3", f"hydra.run.dir={again}", cwd=tmp_path).returncode == 0
+    other = tmp_path / "other"
+    assert cli(*TINY, "seed=4", f"hydra.run.dir={other}", cwd=tmp_path).returncode == 0
+    for launcher in ([], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]):
+        sweep = tmp_path / f"sweep{len(launcher)}"
+        assert cli("-m", *TINY, "seed=2,3", *launcher, f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path).returncode == 0
+        assert (sweep / "1" / "stats.csv").read_bytes() == (alone / "stats.csv").read_bytes()
+    assert (again / "stats.csv").read_bytes() == (alone / "stats.csv").read_bytes()
+    assert (other / "stats.csv").read_bytes() != (alone / "stats.csv").read_bytes()
+    summary = json.loads((alone / "summary.json").read_text())
+    assert {"deterministic_algorithms", "threads", "seeds"} <= set(summary["determinism"])
+    assert summary["versions"]["propbench"] == propbench.__version__
 
 
 def test_help_lists_groups(tmp_path):
@@ -117,3 +194,5 @@ def test_non_editable_install_ships_the_configs(tmp_path):
     assert str(target) in subprocess.run(
         [sys.executable, "-c", "import propbench.config as c; print(c.CONF_DIR)"],
         env=env, capture_output=True, text=True, cwd=tmp_path).stdout
+    experiment = cli("+experiment=selu_lecun", "--cfg", "job", cwd=tmp_path, env=env)
+    assert experiment.returncode == 0 and "name: selu_lecun" in experiment.stdout

@@ -103,3 +103,15 @@ def test_cnn_kaiming_fan_in_keeps_forward_and_default_loses_six_fold():
     assert per_layer_factor(layer_var(kaiming)) == pytest.approx(1.0, abs=0.05)
     default = propbench.run(cfg("depth=6", "act=relu", "init=default", "bias=false", *common))
     assert per_layer_factor(layer_var(default)[1:]) == pytest.approx(1 / 6, rel=0.08)
+
+
+def test_float64_extends_the_range_before_overflow():
+    from propbench.verdict import summarize
+
+    common = ("init=normal", "init.std=3", "depth=120", "width=64", "batch_size=32")
+    f32 = summarize(propbench.run(cfg(*common)))["activation"]["first_nonfinite_layer"]
+    f64 = summarize(propbench.run(cfg(*common, "dtype=float64")))["activation"]["first_nonfinite_layer"]
+    # per layer the variance grows by width * std^2 / 2 = 288 (10^2.46); elements overflow
+    # when the std passes 3.4e38 (float32) or 1.8e308 (float64): about layers 31 and 250
+    assert 25 <= f32 <= 40
+    assert f64 is None or f64 > 100

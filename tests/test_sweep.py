@@ -66,7 +66,8 @@ def test_report_reaggregates_a_finished_sweep(basic_sweep):
 
 @pytest.mark.parametrize("launcher", [
     ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
-    ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"),
+    pytest.param(("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"),
+                 marks=pytest.mark.slow),
 ], ids=["joblib", "submitit_local"])
 def test_launchers_give_the_same_numbers_as_the_basic_one(basic_sweep, tmp_path, launcher):
     proc = cli("-m", "depth=2,3", "act=relu,tanh", "init=default,kaiming", *TINY, *launcher,
@@ -139,3 +140,54 @@ def test_shipped_slurm_settings_compose(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "SlurmLauncher" in proc.stdout and "gpus_per_node: 1" in proc.stdout
     assert "partition: gpu" in proc.stdout
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_jobs(tmp_path):
+    sweep = tmp_path / "s"
+    args = ["-m", "depth=2,3,4,5,6,7,8,9", *TINY, f"hydra.sweep.dir={sweep}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "propbench", *args], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (sweep / "2" / "summary.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    done = {j: (sweep / str(j) / "summary.json").stat().st_mtime_ns
+            for j in range(8) if (sweep / str(j) / "summary.json").exists()}
+    assert 3 <= len(done) < 8
+    resumed = cli(*args, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.count("(kept: resume=true)") == len(done)
+    for job, stamp in done.items():  # not redone
+        assert (sweep / str(job) / "summary.json").stat().st_mtime_ns == stamp
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert set(table["status"]) == {"ok"} and len(table) == 8
+
+
+def test_report_marks_a_hand_edited_job_corrupt(basic_sweep, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(basic_sweep[0], copy)
+    stats = copy / "3" / "stats.csv"
+    stats.write_text(stats.read_text()[:200])  # cut short
+    proc = report(copy, "--no-figures")
+    assert proc.returncode == 1
+    assert "corrupt: job 3" in proc.stderr
+    table = pd.read_csv(copy / "sweep_summary.csv")
+    assert table.loc[3, "status"] == "corrupt" and set(table.drop(3)["status"]) == {"ok"}
+
+
+def test_reading_results_never_executes_code(basic_sweep, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(basic_sweep[0], copy)
+    marker = tmp_path / "pwned"
+    (copy / "0" / ".hydra" / "config.yaml").write_text(
+        f"!!python/object/apply:os.system ['touch {marker}']\n")
+    aggregate(copy, figures=False)
+    propbench.load(copy)
+    assert not marker.exists()
