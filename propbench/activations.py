@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from propbench.errors import ConfigError
+from propbench.errors import choose
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,10 @@ ACTIVATIONS: dict[str, Activation] = {
     "elu": Activation(lambda s: nn.ELU(), _kaiming_default),
 }
 
+
+
 def _lookup(name: str) -> Activation:
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ConfigError(
-            f"act={name}: unknown activation; choose one of {', '.join(ACTIVATIONS)}"
-        ) from None
+    return choose(ACTIVATIONS, name, "act")
 
 
 def make_activation(name: str, slope: Optional[float] = None) -> nn.Module:

@@ -43,6 +43,12 @@ class DType(Enum):
     float64 = "float64"
 
 
+class Distribution(Enum):
+    normal = "normal"
+    uniform = "uniform"
+    orthogonal = "orthogonal"
+
+
 class BiasInit(Enum):
     zeros = "zeros"
     default = "default"  # keep PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -89,12 +95,17 @@ class InitConfig:
     """Union of the init parameters; a scheme takes only those listed in INIT_PARAMS."""
 
     name: str = "default"
-    gain: Optional[float] = None  # null: the scheme's own (kaiming: from the activation)
+    # null: the scheme's own (kaiming: from the activation); a number; or "auto" (kaiming,
+    # xavier): the variance-preserving gain 1/sqrt(E[phi(z)^2]) computed by quadrature
+    gain: Any = None
     mode: Optional[Mode] = None  # fan_in preserves forward variance, fan_out backward
     std: Optional[float] = None  # init=normal
     a: Optional[float] = None  # init=uniform lower bound
     b: Optional[float] = None  # init=uniform upper bound
-    bias: BiasInit = BiasInit.zeros
+    sigma_w2: Optional[float] = None  # init=scaled: Var(W) = sigma_w2 / fan_mode
+    sigma_b2: Optional[float] = None  # init=scaled: bias ~ N(0, sigma_b2)
+    distribution: Optional[Distribution] = None  # init=scaled: normal | uniform | orthogonal
+    bias: BiasInit = BiasInit.zeros  # every scheme but scaled (whose bias is N(0, sigma_b2))
 
 
 # Which InitConfig fields each scheme reads (besides `name`). The torch side
@@ -109,6 +120,7 @@ INIT_PARAMS: dict[str, tuple[str, ...]] = {
     "kaiming_uniform": ("gain", "mode", "bias"),
     "lecun": ("gain", "bias"),
     "orthogonal": ("gain", "bias"),
+    "scaled": ("sigma_w2", "sigma_b2", "mode", "distribution"),
 }
 
 # Parameters a scheme cannot do without (the others fall back to the scheme's own default).
@@ -117,7 +129,11 @@ INIT_REQUIRED: dict[str, tuple[str, ...]] = {
     "normal": ("std",),
     "kaiming": ("mode",),
     "kaiming_uniform": ("mode",),
+    "scaled": ("sigma_w2", "sigma_b2", "mode", "distribution"),
 }
+
+# Schemes whose gain may be "auto".
+AUTO_GAIN_SCHEMES = ("kaiming", "kaiming_uniform", "xavier", "xavier_uniform")
 
 # Activations that take `act.slope`; the others must leave it null.
 SLOPED_ACTIVATIONS = ("leaky_relu", "prelu")
@@ -159,6 +175,9 @@ class PropbenchConfig:
     dtype: DType = DType.float32
     bias: bool = True
     resume: bool = False  # keep a complete result of the same config instead of rerunning
+    # c0: feed batch_size/2 pairs of inputs with correlation c0 and record, per layer, the
+    # mean cosine similarity of each pair's representations (quantity=correlation)
+    correlation: Optional[float] = None
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
 
@@ -202,6 +221,21 @@ def _finite(cfg: Any, key: str, positive: bool = False) -> None:
         raise ConfigError(f"{key}={value}: must be {what}")
 
 
+def _check_gain(gain: Any, scheme: str) -> None:
+    if gain is None:
+        return
+    if gain == "auto":
+        if scheme not in AUTO_GAIN_SCHEMES:
+            raise ConfigError(f"init.gain=auto: only {', '.join(AUTO_GAIN_SCHEMES)} take it")
+        return
+    try:
+        value = float(gain)
+    except (TypeError, ValueError):
+        raise ConfigError(f"init.gain={gain}: must be a number > 0, auto or null") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"init.gain={gain}: must be a finite number > 0 (or auto)")
+
+
 def validate(cfg: Any) -> None:
     """Range and cross-field checks that types alone cannot express.
 
@@ -210,6 +244,12 @@ def validate(cfg: Any) -> None:
     for key in ("depth", "width", "batch_size", "trials"):
         _at_least(cfg, key, 1)
     _at_least(cfg, "seed", 0)
+    c0 = cfg.correlation
+    if c0 is not None:
+        if not (math.isfinite(c0) and -1 <= c0 <= 1):
+            raise ConfigError(f"correlation={c0}: must be between -1 and 1 (or null)")
+        if cfg.batch_size % 2:
+            raise ConfigError(f"batch_size={cfg.batch_size}: correlation needs pairs, so an even batch")
     if not _DEVICE.match(str(cfg.device)):
         raise ConfigError(f"device={cfg.device}: choose auto, cpu, cuda or cuda:N")
 
@@ -241,7 +281,7 @@ def validate(cfg: Any) -> None:
     if scheme not in INIT_PARAMS:
         raise ConfigError(f"init.name={scheme}: choose one of {', '.join(INIT_PARAMS)}")
     takes = INIT_PARAMS[scheme]
-    for key in ("gain", "mode", "std", "a", "b"):
+    for key in ("gain", "mode", "std", "a", "b", "sigma_w2", "sigma_b2", "distribution"):
         if key not in takes and getattr(cfg.init, key) is not None:
             raise ConfigError(
                 f"init.{key}={getattr(cfg.init, key)}: init={scheme} takes only "
@@ -250,8 +290,11 @@ def validate(cfg: Any) -> None:
     for key in INIT_REQUIRED.get(scheme, ()):
         if getattr(cfg.init, key) is None:
             raise ConfigError(f"init.{key}=null: init={scheme} needs a value for it")
-    _finite(cfg, "init.gain", positive=True)
+    _check_gain(cfg.init.gain, scheme)
     _finite(cfg, "init.std", positive=True)
+    _finite(cfg, "init.sigma_w2", positive=True)
+    if cfg.init.sigma_b2 is not None and not (math.isfinite(cfg.init.sigma_b2) and cfg.init.sigma_b2 >= 0):
+        raise ConfigError(f"init.sigma_b2={cfg.init.sigma_b2}: must be a finite number >= 0")
     _finite(cfg, "init.a")
     _finite(cfg, "init.b")
     if scheme == "uniform" and not cfg.init.a < cfg.init.b:

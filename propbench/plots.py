@@ -52,6 +52,8 @@ def config_title(frame: pd.DataFrame) -> str:
         return f"{frame['layer'].max()} layers"
     first = frame.iloc[0]
     parts = [str(first["model"]), f"act={first['act']}", f"init={first['init']}"]
+    if first["init"] == "scaled" and "sigma_w2" in frame.columns:
+        parts[-1] += f" (\u03c3w\u00b2={first['sigma_w2']:g}, \u03c3b\u00b2={first['sigma_b2']:g})"
     if first.get("norm", "none") != "none":
         parts.append(f"norm={first['norm']}")
     parts += [f"depth {first['depth']}", f"width {first['width']}", f"batch {first['batch_size']}"]
@@ -87,7 +89,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     depth = int(rows["layer"].max()) if not rows.empty else 0
     marker = "o" if depth <= 30 else None
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
-    drawn = False
+    drawn = theory_drawn = False
     title, prefix = PANELS[quantity]
     for site in sites:
         by_layer = rows[rows["site"] == site].groupby("layer")["var"]
@@ -101,6 +103,16 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
         if several_trials:
             ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
                             color=colour, alpha=0.2, lw=0)
+        if "theory" in rows.columns:  # beside the measurement: where it is on the axis too
+            predicted = rows[rows["site"] == site].groupby("layer")["theory"].first()
+            shown = (np.isfinite(predicted.to_numpy()) & (predicted.to_numpy() > 0)
+                     & ok.to_numpy())
+            if shown.any():
+                ax.plot(predicted.index[shown], predicted.to_numpy()[shown], color=colour,
+                        ls="--", lw=1.2, alpha=0.9)
+                theory_drawn = True
+    if theory_drawn:
+        ax.plot([], [], color="grey", ls="--", lw=1.2, label="mean-field theory (dashed)")
     _mark_range_exits(ax, frame, quantity)
     if not drawn:
         ax.text(0.5, 0.5, "no finite, non-zero variance to show", transform=ax.transAxes,
@@ -109,14 +121,44 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     return format_axes(ax, title, "layer (block index)", "variance (log scale)")
 
 
+def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
+    """The mean cosine similarity of input pairs per layer (``correlation`` rows), with the
+    c-map prediction dashed; it tends to 1 in the ordered phase and to c* < 1 in the chaotic."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == "correlation") & (frame["layer"] >= 1)]
+    for site in ("pre", "post"):
+        by_layer = rows[rows["site"] == site].groupby("layer")
+        if not len(by_layer):
+            continue
+        label, colour = SITE_STYLE[site]
+        measured = by_layer["mean"].mean()
+        ax.plot(measured.index, measured.to_numpy(), color=colour, lw=1.5, label=label,
+                marker="o" if len(measured) <= 30 else None, markersize=3)
+        if "theory" in rows.columns and by_layer["theory"].first().notna().any():
+            predicted = by_layer["theory"].first()
+            ax.plot(predicted.index, predicted.to_numpy(), color=colour, ls="--", lw=1.2,
+                    label="c-map (mean-field theory)")
+    ax.set_ylim(min(-0.05, float(rows["mean"].min()) - 0.05) if len(rows) else -0.05, 1.05)
+    return format_axes(ax, "Correlation of input pairs", "layer (block index)",
+                       "mean cosine similarity", log_y=False)
+
+
 def plot_propagation(frame: pd.DataFrame, axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
-    """Two panels, activations (forward) and gradients (backward), titled with the config."""
+    """Activations (forward) and gradients (backward), and the correlation of input pairs
+    when the frame has it, titled with the config."""
+    with_pairs = bool((frame["quantity"] == "correlation").any())
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+        _, axes = plt.subplots(1, 3 if with_pairs else 2, figsize=(18 if with_pairs else 12, 4.5),
+                               layout="constrained")
     for ax, quantity in zip(axes, PANELS):
         plot_variance(frame, quantity, ax=ax)
+    if with_pairs:
+        plot_correlation(frame, ax=axes[2])
     axes[0].figure.suptitle(config_title(frame), fontsize=12)
     return axes
 
@@ -133,8 +175,9 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
-    plot_propagation(frame, figure.subplots(1, 2))
+    panels = 3 if (frame["quantity"] == "correlation").any() else 2
+    figure = Figure(figsize=(6 * panels, 4.5), layout="constrained")
+    plot_propagation(frame, figure.subplots(1, panels))
     _save(figure, path, dpi=110)
 
 
@@ -227,6 +270,58 @@ def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
     return ax
 
 
+PHASE_KEYS = ("init.sigma_w2", "init.sigma_b2")
+
+
+def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient",
+                       ax: Optional[Any] = None, slope: Optional[float] = None) -> Any:
+    """``log10_ratio`` over (sigma_w^2, sigma_b^2) of an ``init=scaled`` sweep, with the
+    mean-field critical line chi_1 = 1 (:func:`propbench.theory.critical_sigma_w2`) drawn
+    over it: ordered (vanishing) to its left, chaotic (exploding) to its right -- the
+    order-to-chaos diagram of Poole et al. 2016 and Schoenholz et al. 2017."""
+    from matplotlib.colors import SymLogNorm
+
+    from propbench.theory import critical_sigma_w2
+
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 5), layout="constrained")
+    x_key, y_key = PHASE_KEYS
+    grid = (table.assign(_x=table[x_key].astype(float), _y=table[y_key].astype(float))
+            .pivot_table(index="_y", columns="_x", values=f"{quantity}_log10_ratio", aggfunc="first"))
+    xs, ys, data = grid.columns.to_numpy(float), grid.index.to_numpy(float), grid.to_numpy(float)
+
+    def edges(values: np.ndarray) -> np.ndarray:
+        mids = (values[1:] + values[:-1]) / 2
+        first = values[0] - (mids[0] - values[0]) if len(values) > 1 else values[0] - 0.5
+        last = values[-1] + (values[-1] - mids[-1]) if len(values) > 1 else values[0] + 0.5
+        return np.concatenate([[first], mids, [last]])
+
+    finite = np.abs(data[np.isfinite(data)])
+    bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+    shown = np.clip(np.nan_to_num(data, nan=bound, posinf=bound, neginf=-bound), -bound, bound)
+    mesh = ax.pcolormesh(edges(xs), edges(ys), shown, cmap="RdBu_r",
+                         norm=SymLogNorm(1.0, vmin=-bound, vmax=bound, base=10))
+    for (i, j), value in np.ndenumerate(data):
+        text = "inf/NaN" if np.isnan(value) else f"{value:+.1f}" if np.isfinite(value) else "\u2212\u221e"
+        ax.text(xs[j], ys[i], text, ha="center", va="center", fontsize=7,
+                color="white" if not np.isfinite(value) or abs(value) > 3 else "black")
+    sigma_b2 = np.linspace(ys.min(), ys.max(), 40)
+    critical = [critical_sigma_w2(act, b, slope) for b in sigma_b2]
+    ax.plot(critical, sigma_b2, color="black", lw=2, label="theory: \u03c7\u2081 = 1 (edge of chaos)")
+    bar = ax.figure.colorbar(mesh, ax=ax, label=f"{quantity} log10 ratio (0 = preserved)")
+    bar.set_ticks([t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= bound])
+    bar.ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")
+    ax.set_xlim(edges(xs)[0], edges(xs)[-1])
+    ax.set_ylim(edges(ys)[0], edges(ys)[-1])
+    ax.set_xlabel("\u03c3w\u00b2 (weight variance \u00d7 fan_in)")
+    ax.set_ylabel("\u03c3b\u00b2 (bias variance)")
+    ax.set_title(f"act={act}: {SIGNAL_LABELS[quantity]}, end to end", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
 def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                        swept: Sequence[str] = ()) -> list[Any]:
     """One grid and one heatmap per depth, written into the sweep folder without pyplot.
@@ -242,9 +337,19 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
     line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
+    phase = all(k in swept for k in PHASE_KEYS) and table["act"].nunique() == 1
     paths = []
     for depth, rows in frame.groupby("depth"):
         first = rows.iloc[0]
+        if phase:  # a (sigma_w2, sigma_b2) plane: one phase diagram per quantity
+            figure = Figure(figsize=(13, 5), layout="constrained")
+            for ax, quantity in zip(figure.subplots(1, 2), PANELS):
+                plot_phase_diagram(table[table["depth"] == depth], first["act"], quantity, ax)
+            figure.suptitle(f"{first['model']} \u00b7 act={first['act']} \u00b7 init=scaled "
+                            f"\u00b7 depth {depth} \u00b7 width {first['width']}")
+            paths.append(folder / f"phase_depth{depth}.png")
+            _save(figure, paths[-1], dpi=100)
+            continue
         grid = Figure(figsize=(11, 3.2 * rows["act"].nunique() + 0.6), layout="constrained")
         plot_sweep_grid(rows, line_by, grid.subplots(rows["act"].nunique(), 2, squeeze=False))
         grid.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "

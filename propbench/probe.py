@@ -37,7 +37,7 @@ from propbench.activations import is_activation
 from propbench.inits import NORM_TYPES, WEIGHTED_TYPES
 
 SITES = ("pre", "norm", "post", "weight")
-QUANTITIES = ("activation", "gradient")
+QUANTITIES = ("activation", "gradient", "correlation")
 FRAME_COLUMNS = [
     "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
     "channel_mean_sq", "channel_var",
@@ -62,6 +62,15 @@ def default_modules(model: nn.Module) -> list[nn.Module]:
     return [
         m for m in model.modules() if not list(m.children()) and classify(m) is not None
     ]
+
+
+def pair_stats(t: torch.Tensor) -> torch.Tensor:
+    """[sum, sum of squares, 0, nan, nan] of the cosine similarities of rows 2i and 2i+1."""
+    t = t.detach().reshape(t.shape[0] // 2, 2, -1).to(torch.float64)
+    a, b = t[:, 0], t[:, 1]
+    cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    nan = cosine.new_full((), float("nan"))
+    return torch.stack([cosine.sum(), cosine.square().sum(), cosine.new_zeros(()), nan, nan])
 
 
 def tensor_stats(t: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
@@ -94,6 +103,7 @@ class _Tap:
     sites: dict[nn.Module, str]
     names: dict[nn.Module, str]
     count_nonfinite: bool
+    pairs: bool = False
     layer: int = 0
     meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     stats: list[torch.Tensor] = field(default_factory=list)
@@ -102,7 +112,11 @@ class _Tap:
 
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
         self.meta.append((layer, name, site, quantity, t.numel()))
-        self.stats.append(tensor_stats(t, site != "weight", self.count_nonfinite))
+        stats = tensor_stats(t, site != "weight", self.count_nonfinite)
+        self.stats.append(stats.to(torch.float64) if self.pairs else stats)
+        if self.pairs and quantity == "activation" and site in ("pre", "post"):
+            self.meta.append((layer, name, site, "correlation", t.shape[0] // 2))
+            self.stats.append(pair_stats(t))
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
@@ -159,6 +173,7 @@ def probe(
     *,
     cotangent: Optional[torch.Tensor] = None,
     seed: int = 0,
+    pairs: bool = False,
 ) -> pd.DataFrame:
     """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
 
@@ -166,7 +181,10 @@ def probe(
     (default: :func:`default_modules`); each firing of a Linear/Conv starts a new ``layer``
     (1, 2, ...), and the normalization and activation modules after it belong to that layer.
     The cotangent defaults to standard normal noise drawn with ``seed``. Afterwards the
-    parameters' ``.grad`` hold this backward's gradients.
+    parameters' ``.grad`` hold this backward's gradients. With ``pairs=True`` the batch is
+    read as pairs (rows 2i, 2i+1), and each pre- and post-activation also gets a
+    ``correlation`` row: the mean over pairs of the cosine similarity of their outputs
+    (``n`` = number of pairs, ``var`` its spread over the pairs).
 
     Returns one row per (layer, site, quantity) with columns ``FRAME_COLUMNS``: ``var`` is
     the population variance over all elements (batch, units, positions).
@@ -186,7 +204,7 @@ def probe(
         raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
 
     def run_pass(count_nonfinite: bool) -> tuple[_Tap, np.ndarray]:
-        tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite)
+        tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite, pairs)
         return tap, _pass(model, inputs, tap, cotangent, seed)
 
     tap, stats = run_pass(count_nonfinite=False)

@@ -30,6 +30,7 @@ COLUMN_TYPES = {
     "trial": "int64", "layer": "int64", "module": "string", "site": "string",
     "quantity": "string", "mean": "float64", "var": "float64", "second_moment": "float64",
     "n": "int64", "nonfinite": "int64", "channel_mean_sq": "float64", "channel_var": "float64",
+    "theory": "float64",  # the mean-field prediction of var (empty where none applies)
 }
 CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size", "seed", "dtype"]
 

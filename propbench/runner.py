@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from propbench import __version__
+from propbench import __version__, compare
 from propbench.config import as_dict, settings
 from propbench.devices import check_memory, device_name, resolve_device
 from propbench.errors import PropbenchError
@@ -40,17 +40,26 @@ def _same_run(done: Optional[dict[str, Any]], config: dict[str, Any]) -> bool:
     return done is not None and strip(done) == strip(config)
 
 
-def _trial(s: Any, trial: int, device: torch.device) -> pd.DataFrame:
+def draw_inputs(s: Any, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard-normal inputs; with ``correlation=c0``, interleaved pairs (rows 2i, 2i+1)
+    x_b = c0 x_a + sqrt(1 - c0^2) n, so that each pair has correlation c0."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((s.batch_size, *shape), generator=generator, dtype=DTYPES[s.dtype])
+    if s.correlation is not None:
+        c0 = s.correlation
+        x[1::2] = c0 * x[0::2] + (1 - c0**2) ** 0.5 * x[1::2]
+    return x
+
+
+def _trial(s: Any, trial: int, device: torch.device) -> tuple[pd.DataFrame, Any]:
+    """One trial's frame, and the network it probed."""
     seeds = trial_seeds(s.seed, trial)
     model = build_model(s, seed=seeds.weights).to(device)
-    inputs = torch.randn(
-        (s.batch_size, *model.input_shape),
-        generator=torch.Generator().manual_seed(seeds.inputs),
-        dtype=DTYPES[s.dtype],
-    ).to(device)
-    frame = probe(model, inputs, model.probed_modules(), seed=seeds.cotangent)
+    inputs = draw_inputs(s, model.input_shape, seeds.inputs).to(device)
+    frame = probe(model, inputs, model.probed_modules(), seed=seeds.cotangent,
+                  pairs=s.correlation is not None)
     frame.insert(0, "trial", trial)
-    return frame
+    return frame, model
 
 
 def config_columns(s: Any) -> dict[str, Any]:
@@ -68,18 +77,29 @@ def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
     device = resolve_device(s.device)
     check_memory(s, device)
     started = time.perf_counter()
+    frames, predicted = [], None
     try:
-        frame = pd.concat([_trial(s, t, device) for t in range(s.trials)], ignore_index=True)
+        for trial in range(s.trials):
+            frame, model = _trial(s, trial, device)
+            if trial == 0:  # the prediction needs the layers' fans, not their values
+                predicted, note, sigmas = compare.prediction(s, model)
+            frames.append(frame)
+            del model
     except torch.OutOfMemoryError:
         raise PropbenchError(
             f"out of memory on {device} at depth={s.depth}, width={s.width}, "
             f"batch_size={s.batch_size}; lower one of them"
         ) from None
     elapsed = time.perf_counter() - started
+    frame = pd.concat(frames, ignore_index=True)
+    frame["theory"] = compare.theory_column(frame, predicted)
     for column, value in config_columns(s).items():
         frame[column] = value
+    # the effective sigma_w^2 = fan_in Var(W) and sigma_b^2 = Var(b) of a middle layer
+    frame["sigma_w2"], frame["sigma_b2"] = sigmas if sigmas else (np.nan, np.nan)
     summary = {
         **summarize(frame),
+        "theory": compare.summary(frame, s, note, sigmas),
         "config": as_dict(s),
         "device": device_name(device),
         "trials": s.trials,

@@ -40,5 +40,5 @@ def test_prelu_starts_at_its_slope():
 
 
 def test_unknown_activation_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="act=nope: unknown activation; choose one of relu"):
+    with pytest.raises(ConfigError, match="act=nope: unknown; choose one of relu"):
         make_activation("nope")

@@ -43,7 +43,7 @@ def test_slopes_default_to_pytorchs():
     (["trials=0"], "trials=0"),
     (["seed=-2"], "seed=-2"),
     (["device=gpu"], "device=gpu: choose auto, cpu, cuda or cuda:N"),
-    (["init=kaiming", "init.gain=-1"], "init.gain=-1.0: must be a finite number > 0"),
+    (["init=kaiming", "init.gain=-1"], "init.gain=-1: must be a finite number > 0"),
     (["init=kaiming", "init.gain=nan"], "init.gain=nan"),
     (["init=kaiming", "init.std=2"], "init.std=2.0: init=kaiming takes only gain, mode, bias"),
     (["init=kaiming", "init.mode=null"], "init.mode=null: init=kaiming needs"),

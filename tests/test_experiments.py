@@ -16,10 +16,12 @@ REDUCED = {
     "selu_lecun": ["width=128", "batch_size=128", "trials=1", "depth=10,100"],
     "conv_fan_mode": ["trials=1", "batch_size=8"],
     "activation_zoo": ["width=128", "batch_size=128", "trials=1"],
+    "edge_of_chaos": ["width=128", "batch_size=64", "init.sigma_w2=1,1.75,2,3",
+                      "init.sigma_b2=0.05,0.2"],
 }
 
 
-def test_the_five_experiments_exist():
+def test_every_experiment_has_a_reduced_run():
     assert set(EXPERIMENTS) == set(REDUCED)
 
 

@@ -20,7 +20,10 @@ def test_two_labelled_log_panels_titled_with_the_config():
     for part in ("mlp", "act=prelu", "init=kaiming", "depth 6", "width 16", "2 trials"):
         assert part in title
     labels = axes[0].get_legend_handles_labels()[1]
-    assert labels == ["pre-activation (Linear/Conv output)", "post-activation"]
+    assert labels == ["pre-activation (Linear/Conv output)", "post-activation",
+                      "mean-field theory (dashed)"]
+    dashed = [line for line in axes[0].get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 3  # the predictions for pre and post, and the legend's sample
     assert len(axes[0].collections) == 2  # min..max bands over the two trials
     low, high = axes[0].get_ylim()
     assert np.log10(high / low) >= MIN_DECADES - 1e-9

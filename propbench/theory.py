@@ -1,0 +1,397 @@
+"""Mean-field theory of signal propagation at initialization, in plain NumPy.
+
+For a fully connected network whose weights have variance ``sigma_w2 / fan_in`` and biases
+variance ``sigma_b2``, with activation phi and standard-normal inputs, the infinite-width
+limit gives (Poole et al. 2016, "Exponential expressivity in deep neural networks through
+transient chaos"; Schoenholz et al. 2017, "Deep Information Propagation"):
+
+- forward, the q-map: ``q^l = sigma_w2 * E[phi(sqrt(q^{l-1}) z)^2] + sigma_b2``, z ~ N(0, 1),
+  with ``q^1 = sigma_w2 * E[x^2] + sigma_b2`` for the input x (E[x^2] = 1 here);
+- backward: the gradient variance changes by ``chi^l = sigma_w2 * E[phi'(sqrt(q^l) z)^2]``
+  per layer (square layers);
+- for two inputs of correlation c, the c-map ``c^l = (sigma_w2 * E[phi(u1) phi(u2)] +
+  sigma_b2) / q^l`` with (u1, u2) Gaussian of variance q and correlation c^{l-1};
+- the fixed points q* and c*, ``chi_1 = chi`` at q*, the depth scales
+  ``xi_q = -1 / ln(dq-map/dq at q*)`` and ``xi_c = -1 / ln(dc-map/dc at c*)``, and the
+  critical ``sigma_w2`` where chi_1 = 1 (the edge of chaos).
+
+Gaussian expectations use composite Gauss-Legendre quadrature split at the activation's
+kinks and, for steep activations, on a grid refined near the kink scale, which keeps them
+accurate to 1e-8 where plain Gauss-Hermite gets about 1e-3 for ReLU-like and SELU means.
+Everything here is NumPy: no torch, so it imports in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_SQRT2 = math.sqrt(2.0)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf, vectorized, to about 1e-13: Maclaurin series below 3, the continued fraction of
+    erfc above (NumPy has no erf, and this module stays free of other frameworks)."""
+    x = np.asarray(x, dtype=float)
+    a = np.abs(x)
+    out = np.empty_like(a)
+    small = a < 3.0
+    xs = a[small]
+    term, total, x2 = xs.copy(), xs.copy(), xs * xs
+    for n in range(1, 70):
+        term = term * -x2 / n
+        total = total + term / (2 * n + 1)
+    out[small] = 2.0 / math.sqrt(math.pi) * total
+    xl = a[~small]
+    fraction = np.zeros_like(xl)
+    for k in range(60, 0, -1):  # erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + ...)))
+        fraction = (k / 2.0) / (xl + fraction)
+    out[~small] = 1.0 - np.exp(-xl * xl) / math.sqrt(math.pi) / (xl + fraction)
+    return np.sign(x) * out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+@dataclass(frozen=True)
+class Phi:
+    """An activation as NumPy functions: value, derivative, and where it has kinks."""
+
+    f: Callable[[np.ndarray], np.ndarray]
+    df: Callable[[np.ndarray], np.ndarray]
+    kinks: tuple[float, ...] = ()
+
+
+def _rectifier(a: float) -> Phi:
+    return Phi(lambda x: np.where(x > 0, x, a * x), lambda x: np.where(x > 0, 1.0, a), (0.0,))
+
+
+def _normal_pdf(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _gelu() -> Phi:  # exact GELU, x * Phi(x), as nn.GELU()
+    cdf = lambda x: 0.5 * (1 + _erf(x / _SQRT2))  # noqa: E731
+    return Phi(lambda x: x * cdf(x), lambda x: cdf(x) + x * _normal_pdf(x))
+
+
+# The NumPy twin of propbench.activations.ACTIVATIONS (tests check they agree): name ->
+# slope -> Phi. PyTorch's default slopes where the config gives none.
+PHIS: dict[str, Callable[[Optional[float]], Phi]] = {
+    "relu": lambda a: _rectifier(0.0),
+    "leaky_relu": lambda a: _rectifier(0.01 if a is None else a),
+    "prelu": lambda a: _rectifier(0.25 if a is None else a),
+    "linear": lambda a: Phi(lambda x: x, lambda x: np.ones_like(x)),
+    "tanh": lambda a: Phi(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
+    "sigmoid": lambda a: Phi(_sigmoid, lambda x: _sigmoid(x) * (1 - _sigmoid(x))),
+    "selu": lambda a: Phi(
+        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
+        lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
+        (0.0,)),
+    "elu": lambda a: Phi(lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+                         lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))), (0.0,)),
+    "gelu": lambda a: _gelu(),
+    "silu": lambda a: Phi(lambda x: x * _sigmoid(x),
+                          lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))),
+}
+
+
+def phi(act: str, slope: Optional[float] = None) -> Phi:
+    """The activation ``act`` (with ``slope`` for leaky ReLU / PReLU) as NumPy functions."""
+    if act not in PHIS:
+        raise ValueError(f"act={act}: no theory for it; choose one of {', '.join(PHIS)}")
+    return PHIS[act](slope)
+
+
+# --- Gaussian expectations ---------------------------------------------------------------
+
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(48)
+_NODES2, _WEIGHTS2 = np.polynomial.legendre.leggauss(24)  # per level of the 2-D c-map rule
+_TAIL = 12.0  # N(0, 1) mass beyond 12 sd is 3.5e-33
+
+
+def _breakpoints(mean: float, std: float, kinks: Sequence[float]) -> np.ndarray:
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return np.array([-_TAIL, _TAIL])
+    """z-values splitting [-12, 12]: the kinks of f(mean + std z), and a grid that resolves
+    the scale 1/std near them (steep tanh/sigmoid at large variance)."""
+    points = set(np.linspace(-_TAIL, _TAIL, 13))
+    for kink in (*kinks, 0.0):  # 0: where tanh, sigmoid, GELU, ... change fastest
+        if std <= 0:
+            continue
+        centre = (kink - mean) / std
+        points.add(centre)
+        scale = max(1.0 / std, 2.0**-60)  # the width of the transition in z
+        while scale < 1.0:  # steep on the z scale: resolve 1/std, 2/std, 4/std, ...
+            points.update((centre - scale, centre + scale))
+            scale *= 2.0
+    return np.array(sorted(p for p in points if -_TAIL <= p <= _TAIL))
+
+
+def gauss(f: Callable[[np.ndarray], np.ndarray], mean: float = 0.0, std: float = 1.0,
+          kinks: Sequence[float] = ()) -> float:
+    """E[f(mean + std * z)] for z ~ N(0, 1), accurate to about 1e-10 relative for piecewise
+    smooth f with the given kinks (in x = mean + std z)."""
+    edges = _breakpoints(mean, std, kinks)
+    lo, hi = edges[:-1], edges[1:]
+    half = (hi - lo)[:, None] / 2
+    z = (lo[:, None] + hi[:, None]) / 2 + half * _NODES[None, :]
+    w = half * _WEIGHTS[None, :] * _normal_pdf(z)
+    return float(np.sum(w * f(mean + std * z)))
+
+
+def moments(act: str, q: float, slope: Optional[float] = None) -> tuple[float, float, float]:
+    """(E[phi], E[phi^2], E[phi'^2]) for a pre-activation ~ N(0, q)."""
+    p = phi(act, slope)
+    std = math.sqrt(max(q, 0.0))
+    return (gauss(p.f, 0.0, std, p.kinks), gauss(lambda x: p.f(x) ** 2, 0.0, std, p.kinks),
+            gauss(lambda x: p.df(x) ** 2, 0.0, std, p.kinks))
+
+
+def qmap(act: str, q: float, sigma_w2: float, sigma_b2: float, slope: Optional[float] = None) -> float:
+    """The variance of the next pre-activation: sigma_w2 * E[phi(sqrt(q) z)^2] + sigma_b2."""
+    return sigma_w2 * moments(act, q, slope)[1] + sigma_b2
+
+
+def _rule(mean: float, std: float, kinks: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes z and weights (density included) of a composite rule like :func:`gauss`'s,
+    24 nodes an interval (the outer level of the c-map)."""
+    edges = _breakpoints(mean, std, kinks)
+    lo, hi = edges[:-1], edges[1:]
+    half = (hi - lo)[:, None] / 2
+    z = ((lo[:, None] + hi[:, None]) / 2 + half * _NODES2[None, :]).ravel()
+    w = (half * _WEIGHTS2[None, :]).ravel() * _normal_pdf(z)
+    return z, w
+
+
+def _inner_offsets(std: float) -> np.ndarray:
+    """Breakpoints relative to a kink, for an inner integral of scale 1/std in z."""
+    offsets = {0.0, *(sign * d for d in (0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24) for sign in (-1, 1))}
+    scale = 1.0 / std if std > 0 else 1.0
+    while scale < 0.5:
+        offsets.update((scale, -scale))
+        scale *= 2.0
+    return np.array(sorted(offsets))
+
+
+def correlation_product(act: str, q1: float, q2: float, c: float,
+                        slope: Optional[float] = None) -> float:
+    """E[phi(u1) phi(u2)] for (u1, u2) Gaussian, variances q1, q2, correlation c:
+    an outer rule over z1 of phi(sqrt(q1) z1) E_z2[phi(sqrt(q2) (c z1 + sqrt(1-c^2) z2))],
+    the inner rule split where its argument crosses 0 (the kink, or the steep part), all
+    outer nodes at once. About 1e-9 for the activations here at moderate q."""
+    p = phi(act, slope)
+    s1, s2 = math.sqrt(q1), math.sqrt(q2)
+    c = min(max(c, -1.0), 1.0)
+    r = math.sqrt(max(1.0 - c * c, 0.0))
+    z1, w1 = _rule(0.0, s1, p.kinks)
+    outer = p.f(s1 * z1)
+    if r * s2 < 1e-12:
+        return float(np.sum(w1 * outer * p.f(s2 * c * z1)))
+    centre = np.clip(-c * z1 / r, -_TAIL, _TAIL)  # where the inner argument is 0
+    offsets = _inner_offsets(s2 * r)
+    lo = centre[:, None] + offsets[None, :-1]
+    hi = centre[:, None] + offsets[None, 1:]
+    half = (hi - lo)[..., None] / 2
+    z2 = (lo + hi)[..., None] / 2 + half * _NODES2
+    w2 = half * _WEIGHTS2 * _normal_pdf(z2)
+    inner = np.sum(w2 * p.f(s2 * (c * z1[:, None, None] + r * z2)), axis=(1, 2))
+    return float(np.sum(w1 * outer * inner))
+
+
+def cmap(act: str, c: float, q: float, sigma_w2: float, sigma_b2: float,
+         slope: Optional[float] = None) -> float:
+    """The next layer's correlation of two inputs with pre-activation variance q (both) and
+    correlation c: (sigma_w2 * E[phi(u1) phi(u2)] + sigma_b2) / q_next."""
+    return (sigma_w2 * correlation_product(act, q, q, c, slope) + sigma_b2) / qmap(
+        act, q, sigma_w2, sigma_b2, slope)
+
+
+# --- layer-by-layer prediction -----------------------------------------------------------
+
+@dataclass
+class Prediction:
+    """Per-layer predictions, index 0 = layer 1. Gradient variances assume a standard-normal
+    cotangent on the last layer's post-activation."""
+
+    q: np.ndarray  # pre-activation variance (its mean is 0)
+    post_mean: np.ndarray
+    post_second_moment: np.ndarray
+    post_var: np.ndarray
+    chi: np.ndarray  # sigma_w2 * E[phi'^2] at each layer
+    grad_post_var: np.ndarray  # variance of dL/d(post-activation)
+    grad_pre_var: np.ndarray  # variance of dL/d(pre-activation)
+    grad_weight_var: np.ndarray  # per element, for a batch of `batch` independent inputs
+    correlation: Optional[np.ndarray] = None  # pre-activation correlation of an input pair
+
+
+def _per_layer(value: float | Sequence[float], depth: int) -> np.ndarray:
+    array = np.broadcast_to(np.asarray(value, dtype=float), (depth,))
+    return array.astype(float)
+
+
+def predict(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Sequence[float],
+            depth: int, slope: Optional[float] = None, input_second_moment: float = 1.0,
+            batch: int = 1, backward_w2: float | Sequence[float] | None = None,
+            cotangent_var: float = 1.0, c0: Optional[float] = None) -> Prediction:
+    """Layer-by-layer mean-field prediction for ``depth`` blocks.
+
+    ``sigma_w2`` and ``sigma_b2`` may be per-layer sequences (layer 1 first).
+    ``backward_w2[l]`` is fan_out * Var(W) of layer l+1, what scales the gradient from layer
+    l+1 back to layer l (default: ``sigma_w2``, right for square layers). With ``c0``, two
+    inputs of correlation c0 are followed through the c-map as well.
+    """
+    w2, b2 = _per_layer(sigma_w2, depth), _per_layer(sigma_b2, depth)
+    back = w2 if backward_w2 is None else _per_layer(backward_w2, depth)
+    q = np.empty(depth)
+    mean, second, dsecond = (np.empty(depth) for _ in range(3))
+    previous_second = input_second_moment
+    for layer in range(depth):
+        q[layer] = w2[layer] * previous_second + b2[layer]
+        if not q[layer] < 1e300:  # past the float range: nothing more to predict
+            q[layer:] = mean[layer:] = second[layer:] = dsecond[layer:] = math.inf
+            break
+        mean[layer], second[layer], dsecond[layer] = moments(act, q[layer], slope)
+        previous_second = second[layer]
+    grad_post, grad_pre = np.empty(depth), np.empty(depth)
+    grad_post[-1] = cotangent_var
+    with np.errstate(invalid="ignore", over="ignore"):
+        for layer in range(depth - 1, -1, -1):
+            if layer < depth - 1:
+                grad_post[layer] = back[layer + 1] * grad_pre[layer + 1]
+            grad_pre[layer] = dsecond[layer] * grad_post[layer]
+    inputs_second = np.concatenate([[input_second_moment], second[:-1]])
+    with np.errstate(invalid="ignore", over="ignore"):  # inf past the float range is fine
+        post_var, chi = second - mean**2, w2 * dsecond
+        grad_weight = batch * grad_pre * inputs_second
+    correlation = None
+    if c0 is not None:
+        correlation = np.empty(depth)
+        cross = c0 * input_second_moment  # E[x_a x_b] of the inputs
+        for layer in range(depth):
+            correlation[layer] = (w2[layer] * cross + b2[layer]) / q[layer]
+            if layer < depth - 1:
+                cross = correlation_product(act, q[layer], q[layer], correlation[layer], slope)
+    return Prediction(q, mean, second, post_var, chi, grad_post, grad_pre, grad_weight,
+                      correlation)
+
+
+# --- fixed points, depth scales, criticality ---------------------------------------------
+
+def fixed_point(act: str, sigma_w2: float, sigma_b2: float, slope: Optional[float] = None,
+                q0: float = 1.0, tol: float = 1e-12, max_iter: int = 500) -> float:
+    """q* = qmap(q*), by iterating from q0 with Steffensen's acceleration (Aitken's delta^2,
+    which turns the linear convergence near the edge of chaos quadratic). inf if q grows
+    without bound (e.g. ReLU with sigma_w2 = 2 and a bias); q0 itself where every q is fixed
+    (ReLU, sigma_w2 = 2, no bias)."""
+    g = lambda q: qmap(act, q, sigma_w2, sigma_b2, slope)  # noqa: E731
+    q = q0
+    for _ in range(max_iter):
+        q1 = g(q)
+        if not math.isfinite(q1) or q1 > 1e300:
+            return math.inf
+        if abs(q1 - q) <= tol * max(1.0, abs(q)):
+            return q1
+        q2 = g(q1)
+        denominator = q2 - 2 * q1 + q
+        accelerated = q - (q1 - q) ** 2 / denominator if denominator != 0 else q2
+        if not (math.isfinite(accelerated) and accelerated >= 0):
+            accelerated = q2
+        if accelerated > 1e300 or (q2 > q1 > q and accelerated <= q1):  # growing: no fixed point ahead
+            accelerated = q2
+        q = accelerated
+        if q > 1e12 * max(q0, sigma_b2, 1.0) and g(q) > q:
+            return math.inf
+    return math.inf if g(q) > q * (1 + 1e-6) else q
+
+
+def chi1(act: str, sigma_w2: float, sigma_b2: float, slope: Optional[float] = None,
+         q: Optional[float] = None) -> float:
+    """chi_1 = sigma_w2 * E[phi'(sqrt(q*) z)^2]: > 1 chaotic (gradients explode), < 1 ordered."""
+    q = fixed_point(act, sigma_w2, sigma_b2, slope) if q is None else q
+    if not math.isfinite(q):
+        return math.inf
+    return sigma_w2 * moments(act, q, slope)[2]
+
+
+def correlation_fixed_point(act: str, sigma_w2: float, sigma_b2: float,
+                            slope: Optional[float] = None, c0: float = 0.5,
+                            max_iter: int = 500) -> float:
+    """c*, the limit of the c-map at q*: 1 in the ordered phase and at the edge of chaos
+    (chi_1 <= 1: c = 1 is then the stable fixed point), below 1 in the chaotic phase, where
+    it is found by iterating from c0."""
+    q = fixed_point(act, sigma_w2, sigma_b2, slope)
+    if not math.isfinite(q):
+        return math.nan
+    if chi1(act, sigma_w2, sigma_b2, slope, q) <= 1.0 + 1e-9:
+        return 1.0
+    q_next = qmap(act, q, sigma_w2, sigma_b2, slope)
+    c = c0
+    for _ in range(max_iter):
+        nxt = (sigma_w2 * correlation_product(act, q, q, c, slope) + sigma_b2) / q_next
+        if abs(nxt - c) < 1e-10:
+            return min(nxt, 1.0)
+        c = nxt
+    return min(c, 1.0)
+
+
+def _depth_scale(rate: float) -> float:
+    """-1 / ln(rate): the layers over which a deviation shrinks by e; inf at rate 1."""
+    if not 0 < rate or abs(rate - 1.0) < 1e-9:
+        return math.inf
+    return -1.0 / math.log(rate) if rate < 1 else math.inf
+
+
+def depth_scales(act: str, sigma_w2: float, sigma_b2: float,
+                 slope: Optional[float] = None) -> dict[str, float]:
+    """q*, c*, chi_1 and the depth scales xi_q and xi_c (Schoenholz et al. 2017, eqs. 5 and
+    9): the numbers of layers over which the variance and the correlation of two inputs
+    approach their fixed points, ``-1 / ln`` of the slopes of the q-map at q* and of the
+    c-map at c* (= chi_1 when c* = 1). Infinite at the edge of chaos."""
+    q = fixed_point(act, sigma_w2, sigma_b2, slope)
+    if not math.isfinite(q):
+        return {"q_star": q, "c_star": math.nan, "chi_1": math.inf, "xi_q": math.nan,
+                "xi_c": math.nan}
+    h = 1e-5 * max(q, 1e-12)
+    low = max(q - h, 0.0)
+    dq = (qmap(act, q + h, sigma_w2, sigma_b2, slope)
+          - qmap(act, low, sigma_w2, sigma_b2, slope)) / (q + h - low)
+    chi = chi1(act, sigma_w2, sigma_b2, slope, q)
+    c_star = correlation_fixed_point(act, sigma_w2, sigma_b2, slope)
+    if c_star == 1.0:
+        dc = chi  # the slope of the c-map at c = 1 is chi_1
+    else:
+        q_next, e = qmap(act, q, sigma_w2, sigma_b2, slope), 1e-5
+        dc = sigma_w2 * (correlation_product(act, q, q, c_star + e, slope)
+                         - correlation_product(act, q, q, c_star - e, slope)) / (2 * e * q_next)
+    return {"q_star": q, "c_star": c_star, "chi_1": chi, "xi_q": _depth_scale(abs(dq)),
+            "xi_c": _depth_scale(dc)}
+
+
+def critical_sigma_w2(act: str, sigma_b2: float, slope: Optional[float] = None,
+                      low: float = 0.05, high: float = 20.0) -> float:
+    """The sigma_w2 at which chi_1 = 1 for this sigma_b2 (the order-to-chaos transition),
+    by bisection; chi_1 grows with sigma_w2 for every activation here."""
+    f = lambda w2: chi1(act, w2, sigma_b2, slope) - 1.0  # noqa: E731
+    if f(low) > 0 or f(high) < 0:
+        return math.nan
+    for _ in range(45):  # (high - low) / 2^45: well below 1e-10
+        mid = 0.5 * (low + high)
+        if f(mid) > 0:
+            high = mid
+        else:
+            low = mid
+    return 0.5 * (low + high)
+
+
+def auto_gain(act: str, slope: Optional[float] = None) -> float:
+    """The variance-preserving gain, gain^2 = 1 / E[phi(z)^2] for z ~ N(0, 1): sqrt(2) for
+    ReLU, sqrt(2/(1+a^2)) for PReLU, 1 for SELU (LeCun), and numbers calculate_gain has no
+    entry for (tanh, GELU, SiLU, ...)."""
+    return 1.0 / math.sqrt(moments(act, 1.0, slope)[1])
