@@ -17,9 +17,10 @@ are formed in float64.
 
 Counting non-finite elements costs more than the two sums, so the first pass skips it: if
 every sum of squares is finite, no element can be inf or NaN. Only when one is not (the
-network overflowed, or its float32 squares did) is the deterministic pass repeated in a
-careful mode that counts and reduces in float64, so the variance stays finite right up to
-the layer where elements themselves overflow.
+network overflowed, or its float32 squares did), or when a mean square is so small that
+squares fall into the subnormal range and lose their precision (below 1e-30), is the
+deterministic pass repeated in a careful mode that counts and reduces in float64: the
+variance then stays right up to the layer where elements themselves overflow or underflow.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ FRAME_COLUMNS = [
     "channel_mean_sq", "channel_var",
 ]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Below this mean square, float32 squares (< 1.2e-38 for elements < 1e-19) turn subnormal
+# and a float32 sum of squares loses its digits: such passes are repeated in float64.
+TINY_MEAN_SQUARE = 1e-30
 
 
 def classify(module: nn.Module) -> Optional[str]:
@@ -208,7 +212,10 @@ def probe(
         return tap, _pass(model, inputs, tap, cotangent, seed)
 
     tap, stats = run_pass(count_nonfinite=False)
-    if not np.isfinite(stats[:, 1]).all():
+    mean_square = stats[:, 1] / np.array([m[4] for m in tap.meta], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        tiny = (mean_square > 0) & (mean_square < TINY_MEAN_SQUARE)
+    if not np.isfinite(stats[:, 1]).all() or tiny.any():
         tap, stats = run_pass(count_nonfinite=True)
     return _frame(tap.meta, stats)
 

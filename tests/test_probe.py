@@ -157,3 +157,15 @@ def test_huge_finite_values_keep_a_finite_variance():
     out = net(x).detach().double()
     assert pre.nonfinite == 0
     assert pre["var"] == pytest.approx(out.var(unbiased=False).item(), rel=1e-6)
+
+
+def test_tiny_values_are_measured_in_float64():
+    # elements ~1e-21: their float32 squares (1e-42) are subnormal and lose their digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Identity())
+    with torch.no_grad():
+        net[0].weight.mul_(1e-21)
+    x = torch.randn(32, 64)
+    pre = row(probe(net, x), "0", "pre", "activation")
+    out = net(x).detach().double()
+    assert pre["var"] == pytest.approx(out.var(unbiased=False).item(), rel=1e-6)
