@@ -89,7 +89,8 @@ def _combinations(overrides: list[str]) -> tuple[list[list[str]], Optional[str]]
     choices: list[list[str]] = []
     sweep = None
     for o in parsed:
-        if o.is_hydra_override() or o.is_interval_sweep() or o.value_type.name.startswith("GLOB"):
+        glob = o.value_type is not None and o.value_type.name.startswith("GLOB")
+        if o.is_hydra_override() or o.is_interval_sweep() or glob:
             continue  # Hydra's own settings, and sweeps only Hydra can enumerate
         if o.is_sweep_override():
             sweep = sweep or o.input_line

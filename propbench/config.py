@@ -236,11 +236,26 @@ def _check_gain(gain: Any, scheme: str) -> None:
         raise ConfigError(f"init.gain={gain}: must be a finite number > 0 (or auto)")
 
 
+def _require_all_keys(cfg: Any) -> None:
+    """A key deleted with ~KEY must come back: every schema field is needed."""
+    from dataclasses import fields
+
+    groups = {"model": ModelConfig, "act": ActConfig, "init": InitConfig}
+    for f in fields(PropbenchConfig):
+        if f.name not in cfg and f.name != "experiment":
+            raise ConfigError(f"{f.name}: required (it was deleted); set it, e.g. {f.name}=...")
+    for group, schema in groups.items():
+        for f in fields(schema):
+            if f.name not in cfg[group]:
+                raise ConfigError(f"{group}.{f.name}: required (it was deleted)")
+
+
 def validate(cfg: Any) -> None:
     """Range and cross-field checks that types alone cannot express.
 
     Raises ConfigError with one line naming the key, the bad value and what is allowed.
     """
+    _require_all_keys(cfg)
     for key in ("depth", "width", "batch_size", "trials"):
         _at_least(cfg, key, 1)
     _at_least(cfg, "seed", 0)

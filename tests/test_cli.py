@@ -69,6 +69,7 @@ BAD = [
     (["dept=5"], "dept: unknown key; did you mean depth?"),
     (["norm=batchnorm"], "did you mean model.norm?"),
     (["depth=10,20"], "a list of values is a sweep; add -m"),
+    (["~bias"], "bias: required (it was deleted)"),
     (["-m", "act=relu,nope"], "act=nope: no such option"),
 ]
 
