@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-all figures experiments clean
+.PHONY: install run test test-all figures experiments bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ experiments: install  ## run the six experiments; figures and summaries land in 
 	  rm -rf results/experiments/$$name; \
 	  $(PY) -m propbench +experiment=$$name || exit 1; \
 	done
+
+bench: install  ## probe vs bare vs naive hooks, start-up, sweeps; results/bench/<device>.csv
+	$(PY) -m propbench.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

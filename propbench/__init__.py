@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _API = {
     "compose": "propbench.config",
     "build_model": "propbench.models",
-    "probe": "propbench.probe",
+    "probe": "propbench.probes",
     "run": "propbench.runner",
     "load": "propbench.results",
     "summarize": "propbench.verdict",

@@ -19,7 +19,7 @@ from propbench.config import as_dict, settings
 from propbench.devices import check_memory, device_name, resolve_device
 from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
-from propbench.probe import probe
+from propbench.probes import probe
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
                                write_stats, write_summary)
 from propbench.seeds import trial_seeds

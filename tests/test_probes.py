@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from propbench.probe import FRAME_COLUMNS, probe
+from propbench.probes import FRAME_COLUMNS, probe
 
 
 class Recorder:
@@ -169,3 +169,13 @@ def test_tiny_values_are_measured_in_float64():
     pre = row(probe(net, x), "0", "pre", "activation")
     out = net(x).detach().double()
     assert pre["var"] == pytest.approx(out.var(unbiased=False).item(), rel=1e-6)
+
+
+def test_the_public_probe_is_the_function_after_any_import():
+    import propbench
+    import propbench.probes  # noqa: F401  (what runner and friends import)
+
+    propbench.run(propbench.compose(["depth=2", "width=8", "batch_size=4"]))
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    assert callable(propbench.probe)
+    assert len(propbench.probe(net, torch.randn(4, 8))) > 0
