@@ -178,7 +178,7 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     panels = 3 if (frame["quantity"] == "correlation").any() else 2
     figure = Figure(figsize=(6 * panels, 4.5))
     # fixed margins: the layout is always the same, and a layout engine costs ~0.25 s a figure
-    figure.subplots_adjust(left=0.07 / panels * 2, right=0.99, bottom=0.11, top=0.86,
+    figure.subplots_adjust(left=0.07 / panels * 2, right=0.975, bottom=0.11, top=0.86,
                            wspace=0.22)
     plot_propagation(frame, figure.subplots(1, panels))
     _save(figure, path, dpi=110)

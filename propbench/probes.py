@@ -151,9 +151,17 @@ class _Tap:
         self.handles.clear()
 
 
-def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int) -> np.ndarray:
+def _drop_grad(parameter: torch.Tensor) -> None:
+    parameter.grad = None
+
+
+def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int,
+          keep_grads: bool = True) -> np.ndarray:
     model.zero_grad(set_to_none=True)
     tap.attach()
+    if not keep_grads:  # free each gradient as soon as it lands: no second copy of the weights
+        tap.handles += [p.register_post_accumulate_grad_hook(_drop_grad)
+                        for p in model.parameters() if p.requires_grad]
     try:
         output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
         if not isinstance(output, torch.Tensor):
@@ -178,6 +186,7 @@ def probe(
     cotangent: Optional[torch.Tensor] = None,
     seed: int = 0,
     pairs: bool = False,
+    keep_grads: bool = True,
 ) -> pd.DataFrame:
     """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
 
@@ -185,7 +194,9 @@ def probe(
     (default: :func:`default_modules`); each firing of a Linear/Conv starts a new ``layer``
     (1, 2, ...), and the normalization and activation modules after it belong to that layer.
     The cotangent defaults to standard normal noise drawn with ``seed``. Afterwards the
-    parameters' ``.grad`` hold this backward's gradients. With ``pairs=True`` the batch is
+    parameters' ``.grad`` hold this backward's gradients -- unless ``keep_grads=False``,
+    which frees each one as it lands (its statistics are taken just before), so that a deep
+    net needs no second copy of its weights. With ``pairs=True`` the batch is
     read as pairs (rows 2i, 2i+1), and each pre- and post-activation also gets a
     ``correlation`` row: the mean over pairs of the cosine similarity of their outputs
     (``n`` = number of pairs, ``var`` its spread over the pairs).
@@ -209,7 +220,7 @@ def probe(
 
     def run_pass(count_nonfinite: bool) -> tuple[_Tap, np.ndarray]:
         tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite, pairs)
-        return tap, _pass(model, inputs, tap, cotangent, seed)
+        return tap, _pass(model, inputs, tap, cotangent, seed, keep_grads)
 
     tap, stats = run_pass(count_nonfinite=False)
     mean_square = stats[:, 1] / np.array([m[4] for m in tap.meta], dtype=np.float64)

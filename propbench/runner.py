@@ -56,7 +56,7 @@ def _trial(s: Any, trial: int, device: torch.device) -> tuple[pd.DataFrame, Any]
     model = build_model(s, seed=seeds.weights).to(device)
     inputs = draw_inputs(s, model.input_shape, seeds.inputs).to(device)
     frame = probe(model, inputs, model.probed_modules(), seed=seeds.cotangent,
-                  pairs=s.correlation is not None)
+                  pairs=s.correlation is not None, keep_grads=False)
     frame.insert(0, "trial", trial)
     return frame, model
 

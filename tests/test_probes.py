@@ -1,6 +1,7 @@
 """The probe's numbers equal statistics computed directly from the tensors."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -179,3 +180,14 @@ def test_the_public_probe_is_the_function_after_any_import():
     net = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
     assert callable(propbench.probe)
     assert len(propbench.probe(net, torch.randn(4, 8))) > 0
+
+
+def test_freeing_gradients_as_they_land_changes_no_statistic():
+    torch.manual_seed(0)
+    net = mlp()
+    x = torch.randn(16, 32)
+    kept = probe(net, x)
+    assert net[0].weight.grad is not None
+    freed = probe(net, x, keep_grads=False)
+    assert all(p.grad is None for p in net.parameters())  # no second copy of the weights
+    pd.testing.assert_frame_equal(kept, freed)
