@@ -284,31 +284,41 @@ def predict(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Seque
 
 # --- fixed points, depth scales, criticality ---------------------------------------------
 
+def _steffensen(g: Callable[[float], float], x: float, tol: float, max_iter: int,
+                low: float = 0.0, high: float = math.inf) -> tuple[float, bool]:
+    """Iterate x <- g(x) with Steffensen's acceleration (Aitken's delta^2 on each pair of
+    steps), which turns linear convergence quadratic; an accelerated step that leaves
+    [low, high] falls back to the plain one. Returns (x, converged)."""
+    for _ in range(max_iter):
+        x1 = g(x)
+        if not math.isfinite(x1) or abs(x1) > 1e150:  # diverging (and squares would overflow)
+            return math.inf, False
+        if abs(x1 - x) <= tol * max(1.0, abs(x)):
+            return x1, True
+        x2 = g(x1)
+        denominator = x2 - 2 * x1 + x
+        accelerated = x - (x1 - x) ** 2 / denominator if denominator != 0 else x2
+        growing = x2 > x1 > x and accelerated <= x1  # no fixed point ahead: keep climbing
+        if not (math.isfinite(accelerated) and low <= accelerated <= high) or growing:
+            accelerated = x2
+        x = accelerated
+    return x, False
+
+
 def fixed_point(act: str, sigma_w2: float, sigma_b2: float, slope: Optional[float] = None,
                 q0: float = 1.0, tol: float = 1e-12, max_iter: int = 500) -> float:
-    """q* = qmap(q*), by iterating from q0 with Steffensen's acceleration (Aitken's delta^2,
-    which turns the linear convergence near the edge of chaos quadratic). inf if q grows
+    """q* = qmap(q*), by iterating from q0 with Steffensen's acceleration. inf if q grows
     without bound (e.g. ReLU with sigma_w2 = 2 and a bias); q0 itself where every q is fixed
     (ReLU, sigma_w2 = 2, no bias)."""
     g = lambda q: qmap(act, q, sigma_w2, sigma_b2, slope)  # noqa: E731
-    q = q0
-    for _ in range(max_iter):
-        q1 = g(q)
-        if not math.isfinite(q1) or q1 > 1e300:
-            return math.inf
-        if abs(q1 - q) <= tol * max(1.0, abs(q)):
-            return q1
-        q2 = g(q1)
-        denominator = q2 - 2 * q1 + q
-        accelerated = q - (q1 - q) ** 2 / denominator if denominator != 0 else q2
-        if not (math.isfinite(accelerated) and accelerated >= 0):
-            accelerated = q2
-        if accelerated > 1e300 or (q2 > q1 > q and accelerated <= q1):  # growing: no fixed point ahead
-            accelerated = q2
-        q = accelerated
-        if q > 1e12 * max(q0, sigma_b2, 1.0) and g(q) > q:
-            return math.inf
-    return math.inf if g(q) > q * (1 + 1e-6) else q
+    q, converged = _steffensen(g, q0, tol, max_iter)
+    if not math.isfinite(q):
+        return q
+    # linear growth (q += sigma_b2 per layer) looks converged in relative terms once q is
+    # huge: a q far beyond any scale of the problem that still grows has no fixed point
+    if q > 1e9 * max(q0, sigma_b2, 1.0) and g(q) > q:
+        return math.inf
+    return q if converged or g(q) <= q * (1 + 1e-6) else math.inf
 
 
 def chi1(act: str, sigma_w2: float, sigma_b2: float, slope: Optional[float] = None,
@@ -332,12 +342,8 @@ def correlation_fixed_point(act: str, sigma_w2: float, sigma_b2: float,
     if chi1(act, sigma_w2, sigma_b2, slope, q) <= 1.0 + 1e-9:
         return 1.0
     q_next = qmap(act, q, sigma_w2, sigma_b2, slope)
-    c = c0
-    for _ in range(max_iter):
-        nxt = (sigma_w2 * correlation_product(act, q, q, c, slope) + sigma_b2) / q_next
-        if abs(nxt - c) < 1e-10:
-            return min(nxt, 1.0)
-        c = nxt
+    g = lambda c: (sigma_w2 * correlation_product(act, q, q, c, slope) + sigma_b2) / q_next  # noqa: E731
+    c, _ = _steffensen(g, c0, 1e-10, max_iter, low=-1.0, high=1.0)
     return min(c, 1.0)
 
 
