@@ -218,6 +218,27 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
     return axes
 
 
+def ratio_bound(values: Any) -> float:
+    """The colour scale of log10 ratios: the largest finite |value|, at least 2."""
+    finite = np.abs(np.asarray(values, dtype=float))
+    finite = finite[np.isfinite(finite)]
+    return max(2.0, float(finite.max()) if finite.size else 2.0)
+
+
+def _ratio_norm(bound: float) -> Any:
+    """Linear inside the stable band |log10 r| <= 1, logarithmic beyond, so that 1.5 and 29
+    both read as "not stable" on one scale."""
+    from matplotlib.colors import SymLogNorm
+
+    return SymLogNorm(linthresh=1.0, linscale=1.0, vmin=-bound, vmax=bound, base=10)
+
+
+def _ratio_colorbar(ax: Any, mappable: Any, bound: float, label: str) -> None:
+    bar = ax.figure.colorbar(mappable, ax=ax, label=label)
+    bar.set_ticks([t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= bound])
+    bar.ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")
+
+
 def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
                        row_by: Sequence[str] = ("init",), column: Optional[str] = "act",
                        ax: Optional[Any] = None, bound: Optional[float] = None) -> Any:
@@ -242,15 +263,9 @@ def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
         verdicts = keyed[f"{quantity}_verdict"].first().unstack(column)
         labels = [f"{column}={c}" for c in grid.columns]
     data = grid.to_numpy(dtype=float)
-    if bound is None:
-        finite = np.abs(data[np.isfinite(data)])
-        bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+    bound = ratio_bound(data) if bound is None else bound
     overflowed = np.isnan(data) & (verdicts.to_numpy() == "exploding")
-    from matplotlib.colors import SymLogNorm
-
-    # linear inside the stable band |log10 r| <= 1, logarithmic beyond, so that 1.5 and 29
-    # both read as "not stable" on one scale
-    norm = SymLogNorm(linthresh=1.0, linscale=1.0, vmin=-bound, vmax=bound, base=10)
+    norm = _ratio_norm(bound)
     image = ax.imshow(np.clip(np.where(overflowed, bound, data), -bound, bound), cmap="RdBu_r",
                       norm=norm, aspect="auto")
     for (i, j), value in np.ndenumerate(data):
@@ -265,9 +280,7 @@ def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
     ax.set_xticks(range(len(labels)), labels=labels, rotation=30 if column else 0,
                   ha="right" if column else "center")
     ax.set_yticks(range(grid.shape[0]), labels=list(grid.index))
-    bar = ax.figure.colorbar(image, ax=ax, label="log10 ratio (0 = preserved, \u00b11 = verdict)")
-    bar.set_ticks([t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= bound])
-    bar.ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")
+    _ratio_colorbar(ax, image, bound, "log10 ratio (0 = preserved, \u00b11 = verdict)")
     ax.set_title("log10 ratio of the end-to-end variance" if column is None else
                  f"{quantity}: {SIGNAL_LABELS[quantity]}, end to end", fontsize=10)
     return ax
@@ -282,8 +295,6 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
     mean-field critical line chi_1 = 1 (:func:`propbench.theory.critical_sigma_w2`) drawn
     over it: ordered (vanishing) to its left, chaotic (exploding) to its right -- the
     order-to-chaos diagram of Poole et al. 2016 and Schoenholz et al. 2017."""
-    from matplotlib.colors import SymLogNorm
-
     from propbench.theory import critical_sigma_w2
 
     if ax is None:
@@ -301,11 +312,10 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
         last = values[-1] + (values[-1] - mids[-1]) if len(values) > 1 else values[0] + 0.5
         return np.concatenate([[first], mids, [last]])
 
-    finite = np.abs(data[np.isfinite(data)])
-    bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+    bound = ratio_bound(data)
     shown = np.clip(np.nan_to_num(data, nan=bound, posinf=bound, neginf=-bound), -bound, bound)
     mesh = ax.pcolormesh(edges(xs), edges(ys), shown, cmap="RdBu_r",
-                         norm=SymLogNorm(1.0, vmin=-bound, vmax=bound, base=10))
+                         norm=_ratio_norm(bound))
     for (i, j), value in np.ndenumerate(data):
         text = "inf/NaN" if np.isnan(value) else f"{value:+.1f}" if np.isfinite(value) else "\u2212\u221e"
         ax.text(xs[j], ys[i], text, ha="center", va="center", fontsize=7,
@@ -313,9 +323,7 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
     sigma_b2 = np.linspace(ys.min(), ys.max(), 40)
     critical = [critical_sigma_w2(act, b, slope) for b in sigma_b2]
     ax.plot(critical, sigma_b2, color="black", lw=2, label="theory: \u03c7\u2081 = 1 (edge of chaos)")
-    bar = ax.figure.colorbar(mesh, ax=ax, label=f"{quantity} log10 ratio (0 = preserved)")
-    bar.set_ticks([t for t in (-100, -30, -10, -3, -1, 0, 1, 3, 10, 30, 100) if abs(t) <= bound])
-    bar.ax.yaxis.set_major_formatter(lambda value, _: f"{value:+g}" if value else "0")
+    _ratio_colorbar(ax, mesh, bound, f"{quantity} log10 ratio (0 = preserved)")
     ax.set_xlim(edges(xs)[0], edges(xs)[-1])
     ax.set_ylim(edges(ys)[0], edges(ys)[-1])
     ax.set_xlabel("\u03c3w\u00b2 (weight variance \u00d7 fan_in)")
@@ -361,9 +369,7 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
         _save(grid, paths[-1], dpi=100)
 
         jobs_here = table[table["depth"] == depth]
-        ratios = jobs_here[[f"{q}_log10_ratio" for q in PANELS]].to_numpy(dtype=float)
-        finite = np.abs(ratios[np.isfinite(ratios)])
-        bound = max(2.0, float(finite.max()) if finite.size else 2.0)
+        bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
         n_rows = len(jobs_here[line_by].drop_duplicates())
         act_per_row = jobs_here.groupby(line_by)["act"].nunique().max() == 1
         if act_per_row or jobs_here["act"].nunique() == 1:

@@ -70,7 +70,9 @@ def default_modules(model: nn.Module) -> list[nn.Module]:
 
 def pair_stats(t: torch.Tensor) -> torch.Tensor:
     """[sum, sum of squares, 0, nan, nan] of the cosine similarities of rows 2i and 2i+1."""
-    t = t.detach().reshape(t.shape[0] // 2, 2, -1).to(torch.float64)
+    t = t.detach().reshape(t.shape[0] // 2, 2, -1)  # a view: no copy inside the hook
+    if t.dtype in _LOW_PRECISION:
+        t = t.float()
     a, b = t[:, 0], t[:, 1]
     cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     nan = cosine.new_full((), float("nan"))
@@ -116,11 +118,10 @@ class _Tap:
 
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
         self.meta.append((layer, name, site, quantity, t.numel()))
-        stats = tensor_stats(t, site != "weight", self.count_nonfinite)
-        self.stats.append(stats.to(torch.float64) if self.pairs else stats)
+        self.stats.append(tensor_stats(t, site != "weight", self.count_nonfinite))
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
             self.meta.append((layer, name, site, "correlation", t.shape[0] // 2))
-            self.stats.append(pair_stats(t))
+            self.stats.append(pair_stats(t).to(self.stats[-1].dtype))  # float64 when careful
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):

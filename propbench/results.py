@@ -30,6 +30,9 @@ COLUMN_TYPES = {
     "trial": "int64", "layer": "int64", "module": "string", "site": "string",
     "quantity": "string", "mean": "float64", "var": "float64", "second_moment": "float64",
     "n": "int64", "nonfinite": "int64", "channel_mean_sq": "float64", "channel_var": "float64",
+}
+# Columns added after the first release: absent from older results, read as empty.
+OPTIONAL_COLUMN_TYPES = {
     "theory": "float64",  # the mean-field prediction of var (empty where none applies)
 }
 CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size", "seed", "dtype"]
@@ -126,8 +129,11 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in COLUMN_TYPES if c not in frame.columns]
     if missing:
         raise ResultsError(f"{stats}: missing column(s) {', '.join(missing)}")
+    for column in OPTIONAL_COLUMN_TYPES:
+        if column not in frame.columns:
+            frame[column] = float("nan")
     try:
-        return frame.astype(COLUMN_TYPES)
+        return frame.astype({**COLUMN_TYPES, **OPTIONAL_COLUMN_TYPES})
     except (ValueError, TypeError) as err:
         raise ResultsError(f"{stats}: malformed values ({str(err).splitlines()[0]})") from None
 

@@ -65,3 +65,11 @@ def test_stats_written_atomically(tmp_path):
     frame = pd.DataFrame({"a": [1]})
     write_stats(tmp_path, frame)
     assert [p.name for p in tmp_path.iterdir()] == ["stats.csv"]
+
+
+def test_results_from_before_the_theory_column_still_load(run_folder, tmp_path):
+    older = pd.read_csv(run_folder / "stats.csv").drop(columns="theory")
+    path = tmp_path / "stats.csv"
+    older.to_csv(path, index=False)
+    frame = propbench.load(path)
+    assert frame["theory"].isna().all() and len(frame) == len(older)
