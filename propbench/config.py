@@ -171,6 +171,9 @@ class PropbenchConfig:
     batch_size: int = 256
     seed: int = 0
     trials: int = 1  # independent re-initializations, seeds derived from `seed`
+    # trials probed at once, stacked into one network (propbench.stacked); null: as many as
+    # fit in half the free memory on CUDA, one at a time on the CPU; 1: one at a time
+    trial_batch: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = DType.float32
     bias: bool = True
@@ -259,6 +262,8 @@ def validate(cfg: Any) -> None:
     for key in ("depth", "width", "batch_size", "trials"):
         _at_least(cfg, key, 1)
     _at_least(cfg, "seed", 0)
+    if cfg.trial_batch is not None:
+        _at_least(cfg, "trial_batch", 1)
     c0 = cfg.correlation
     if c0 is not None:
         if not (math.isfinite(c0) and -1 <= c0 <= 1):

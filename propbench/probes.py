@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,6 +52,9 @@ TINY_MEAN_SQUARE = 1e-30
 def classify(module: nn.Module) -> Optional[str]:
     """The site a module's output stands for: Linear/Conv -> 'pre', normalization ->
     'norm', activation -> 'post'; None for anything else (pooling, dropout, containers)."""
+    site = getattr(module, "probe_site", None)  # stacked layers (propbench.stacked) say
+    if site is not None:
+        return site
     if isinstance(module, WEIGHTED_TYPES):
         return "pre"
     if isinstance(module, NORM_TYPES):
@@ -68,38 +71,54 @@ def default_modules(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def pair_stats(t: torch.Tensor) -> torch.Tensor:
-    """[sum, sum of squares, 0, nan, nan] of the cosine similarities of rows 2i and 2i+1."""
-    t = t.detach().reshape(t.shape[0] // 2, 2, -1)  # a view: no copy inside the hook
-    if t.dtype in _LOW_PRECISION:
-        t = t.float()
-    a, b = t[:, 0], t[:, 1]
-    cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-    nan = cosine.new_full((), float("nan"))
-    return torch.stack([cosine.sum(), cosine.square().sum(), cosine.new_zeros(()), nan, nan])
+def pair_stats(v: torch.Tensor) -> torch.Tensor:
+    """Per trial, [sum, sum of squares, 0, nan, nan] of the cosine similarities of rows 2i
+    and 2i+1 of ``v`` = (trials, batch, ...): a (trials, 5) tensor."""
+    v = v.detach()
+    v = v.reshape(v.shape[0], v.shape[1] // 2, 2, -1)  # a view where v is contiguous
+    if v.dtype in _LOW_PRECISION:
+        v = v.float()
+    a, b = v[:, :, 0], v[:, :, 1]
+    cosine = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    zero = cosine.new_zeros(cosine.shape[0])
+    nan = torch.full_like(zero, float("nan"))
+    return torch.stack([cosine.sum(1), cosine.square().sum(1), zero, nan, nan], dim=1)
 
 
-def tensor_stats(t: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
-    """[sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``t``, on t's device."""
-    t = t.detach()
+def tensor_stats(v: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
+    """Per trial, [sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``v`` =
+    (trials, *shape): a (trials, 5) tensor on v's device. A single network is one trial."""
+    v = v.detach()
     if count_nonfinite:  # the careful pass: float64 keeps huge finite values' squares finite
-        t = t.double()
-    elif t.dtype in _LOW_PRECISION:
-        t = t.float()
-    nonfinite = (~torch.isfinite(t)).sum().to(t.dtype) if count_nonfinite else t.new_zeros(())
-    if per_channel and t.dim() == 4:
-        per_channel_count = t.numel() // t.shape[1]
-        channel_sum = t.sum(dim=(0, 2, 3))
-        channel_sumsq = t.square().sum(dim=(0, 2, 3))
+        v = v.double()
+    elif v.dtype in _LOW_PRECISION:
+        v = v.float()
+    trials = v.shape[0]
+    if count_nonfinite:
+        nonfinite = (~torch.isfinite(v)).reshape(trials, -1).sum(1).to(v.dtype)
+    else:
+        nonfinite = v.new_zeros(trials)
+    if per_channel and v.dim() == 5:  # (trials, N, C, H, W)
+        per_channel_count = v[0].numel() // v.shape[2]
+        channel_sum = v.sum(dim=(1, 3, 4))
+        channel_sumsq = v.square().sum(dim=(1, 3, 4))
         channel_mean = channel_sum / per_channel_count
         channel_var = channel_sumsq / per_channel_count - channel_mean.square()
         return torch.stack([
-            channel_sum.sum(), channel_sumsq.sum(), nonfinite,
-            channel_mean.square().mean(), channel_var.mean(),
-        ])
-    flat = t.reshape(-1)
-    nan = t.new_full((), float("nan"))
-    return torch.stack([flat.sum(), torch.dot(flat, flat), nonfinite, nan, nan])
+            channel_sum.sum(1), channel_sumsq.sum(1), nonfinite,
+            channel_mean.square().mean(1), channel_var.mean(1),
+        ], dim=1)
+    flat = v.reshape(trials, -1)
+    if trials == 1:  # one dot product: no temporary the size of the tensor
+        sumsq = torch.dot(flat[0], flat[0]).reshape(1)
+    else:
+        sumsq = torch.linalg.vecdot(flat, flat)
+    nan = torch.full_like(nonfinite, float("nan"))
+    return torch.stack([flat.sum(1), sumsq, nonfinite, nan, nan], dim=1)
+
+
+def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
+    return t.unsqueeze(0)
 
 
 @dataclass
@@ -110,6 +129,7 @@ class _Tap:
     names: dict[nn.Module, str]
     count_nonfinite: bool
     pairs: bool = False
+    split: Callable[..., torch.Tensor] = _one_trial  # tensor -> per-trial view (T, *shape)
     layer: int = 0
     meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     stats: list[torch.Tensor] = field(default_factory=list)
@@ -117,11 +137,12 @@ class _Tap:
     weight_hooked: set[nn.Module] = field(default_factory=set)
 
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
-        self.meta.append((layer, name, site, quantity, t.numel()))
-        self.stats.append(tensor_stats(t, site != "weight", self.count_nonfinite))
+        v = self.split(t, site == "weight")
+        self.meta.append((layer, name, site, quantity, v[0].numel()))
+        self.stats.append(tensor_stats(v, site != "weight", self.count_nonfinite))
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
-            self.meta.append((layer, name, site, "correlation", t.shape[0] // 2))
-            self.stats.append(pair_stats(t).to(self.stats[-1].dtype))  # float64 when careful
+            self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
+            self.stats.append(pair_stats(v).to(self.stats[-1].dtype))  # float64 when careful
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
@@ -156,8 +177,9 @@ def _drop_grad(parameter: torch.Tensor) -> None:
     parameter.grad = None
 
 
-def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int,
+def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Callable[[torch.Tensor], torch.Tensor],
           keep_grads: bool = True) -> np.ndarray:
+    """One forward+backward with ``tap``'s hooks; its stats as (records, trials, 5)."""
     model.zero_grad(set_to_none=True)
     tap.attach()
     if not keep_grads:  # free each gradient as soon as it lands: no second copy of the weights
@@ -168,15 +190,40 @@ def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Any, seed: int,
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"probe needs a model that returns a tensor, got {type(output).__name__}")
         if output.requires_grad:
-            if cotangent is None:
-                generator = torch.Generator().manual_seed(seed)
-                cotangent = torch.randn(output.shape, generator=generator, dtype=output.dtype)
-            output.backward(cotangent.to(output.device))
+            output.backward(cotangent(output).to(output.device))
     finally:
         tap.detach()
     if not tap.stats:
-        return np.zeros((0, 5))
+        return np.zeros((0, 1, 5))
     return torch.stack(tap.stats).to("cpu", torch.float64).numpy()  # the one sync
+
+
+def _normal(shape: Sequence[int], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(tuple(shape), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module]],
+             cotangent: Callable[[torch.Tensor], torch.Tensor], pairs: bool, keep_grads: bool,
+             split: Callable[..., torch.Tensor] = _one_trial) -> tuple[list[tuple], np.ndarray]:
+    """The quick pass, and the careful one where the quick one lost precision."""
+    modules = default_modules(model) if modules is None else list(modules)
+    names = {m: n for n, m in model.named_modules()}
+    sites = {m: classify(m) or "post" for m in modules}
+    unknown = [m for m in modules if m not in names]
+    if unknown:
+        raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
+
+    def run_pass(count_nonfinite: bool) -> tuple[_Tap, np.ndarray]:
+        tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite, pairs, split)
+        return tap, _pass(model, inputs, tap, cotangent, keep_grads)
+
+    tap, stats = run_pass(count_nonfinite=False)
+    mean_square = stats[:, :, 1] / np.array([m[4] for m in tap.meta], dtype=np.float64)[:, None]
+    with np.errstate(invalid="ignore"):
+        tiny = (mean_square > 0) & (mean_square < TINY_MEAN_SQUARE)
+    if not np.isfinite(stats[:, :, 1]).all() or tiny.any():
+        tap, stats = run_pass(count_nonfinite=True)
+    return tap.meta, stats
 
 
 def probe(
@@ -212,24 +259,35 @@ def probe(
     >>> sorted(frame.site.unique())
     ['post', 'pre', 'weight']
     """
-    modules = default_modules(model) if modules is None else list(modules)
-    names = {m: n for n, m in model.named_modules()}
-    sites = {m: classify(m) or "post" for m in modules}
-    unknown = [m for m in modules if m not in names]
-    if unknown:
-        raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
+    def draw(output: torch.Tensor) -> torch.Tensor:
+        return _normal(output.shape, seed, output.dtype) if cotangent is None else cotangent
 
-    def run_pass(count_nonfinite: bool) -> tuple[_Tap, np.ndarray]:
-        tap = _Tap({m: sites[m] for m in modules}, names, count_nonfinite, pairs)
-        return tap, _pass(model, inputs, tap, cotangent, seed, keep_grads)
+    meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads)
+    return _frame(meta, stats[:, 0])
 
-    tap, stats = run_pass(count_nonfinite=False)
-    mean_square = stats[:, 1] / np.array([m[4] for m in tap.meta], dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        tiny = (mean_square > 0) & (mean_square < TINY_MEAN_SQUARE)
-    if not np.isfinite(stats[:, 1]).all() or tiny.any():
-        tap, stats = run_pass(count_nonfinite=True)
-    return _frame(tap.meta, stats)
+
+def probe_trials(model: Any, inputs: Sequence[torch.Tensor], seeds: Sequence[int], *,
+                 pairs: bool = False, keep_grads: bool = True) -> pd.DataFrame:
+    """Probe the T networks of a :class:`propbench.stacked.StackedStack` in one pass.
+
+    ``inputs[t]`` and the cotangent drawn with ``seeds[t]`` are what :func:`probe` would give
+    trial t's own network; the result is the T frames :func:`probe` would return, with a
+    leading ``trial`` column 0..T-1, equal up to floating-point summation order.
+    """
+    if len(inputs) != model.trials or len(seeds) != model.trials:
+        raise ValueError(f"probe_trials: {model.trials} trials need as many inputs and seeds")
+    stacked_inputs = model.stack([x.to(next(model.parameters()).device) for x in inputs])
+
+    def draw(output: torch.Tensor) -> torch.Tensor:
+        shape = model.split(output).shape[1:]
+        return model.stack([_normal(shape, seed, output.dtype) for seed in seeds])
+
+    meta, stats = _measure(model, stacked_inputs, model.probed_modules(), draw, pairs, keep_grads,
+                           model.split)
+    frames = [_frame(meta, stats[:, t]) for t in range(model.trials)]
+    for t, frame in enumerate(frames):
+        frame.insert(0, "trial", t)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:

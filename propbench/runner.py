@@ -16,13 +16,14 @@ import torch
 
 from propbench import __version__, compare
 from propbench.config import as_dict, settings
-from propbench.devices import check_memory, device_name, resolve_device
+from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
 from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
-from propbench.probes import probe
+from propbench.probes import probe, probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
                                write_stats, write_summary)
 from propbench.seeds import trial_seeds
+from propbench.stacked import stack
 from propbench.verdict import summarize
 
 
@@ -35,8 +36,9 @@ class RunResult:
 
 
 def _same_run(done: Optional[dict[str, Any]], config: dict[str, Any]) -> bool:
-    """The same composed config, whatever ``resume`` says."""
-    return done is not None and {**done, "resume": None} == {**config, "resume": None}
+    """The same composed config, whatever ``resume`` and ``trial_batch`` say."""
+    how = {"resume": None, "trial_batch": None}  # how the run is done, not what it measures
+    return done is not None and {**done, **how} == {**config, **how}
 
 
 def draw_inputs(s: Any, shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -50,15 +52,27 @@ def draw_inputs(s: Any, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return x
 
 
-def _trial(s: Any, trial: int, device: torch.device) -> tuple[pd.DataFrame, Any]:
-    """One trial's frame, and the network it probed."""
-    seeds = trial_seeds(s.seed, trial)
-    model = build_model(s, seed=seeds.weights).to(device)
-    inputs = draw_inputs(s, model.input_shape, seeds.inputs).to(device)
-    frame = probe(model, inputs, model.probed_modules(), seed=seeds.cotangent,
-                  pairs=s.correlation is not None, keep_grads=False)
-    frame.insert(0, "trial", trial)
-    return frame, model
+def _trials(s: Any, trials: range, device: torch.device) -> tuple[pd.DataFrame, Any]:
+    """The frame of ``trials`` probed in one pass (stacked when more than one), and the
+    first trial's network."""
+    seeds = [trial_seeds(s.seed, t) for t in trials]
+    models = [build_model(s, seed=seed.weights) for seed in seeds]
+    pairs = s.correlation is not None
+    if len(models) == 1:
+        model = models[0].to(device)
+        inputs = draw_inputs(s, model.input_shape, seeds[0].inputs).to(device)
+        frame = probe(model, inputs, model.probed_modules(), seed=seeds[0].cotangent,
+                      pairs=pairs, keep_grads=False)
+        frame.insert(0, "trial", 0)
+    else:
+        stacked = stack(models).to(device)
+        del models[1:]  # the stacked copy holds their weights now
+        inputs = [draw_inputs(s, models[0].input_shape, seed.inputs) for seed in seeds]
+        frame = probe_trials(stacked, inputs, [seed.cotangent for seed in seeds],
+                             pairs=pairs, keep_grads=False)
+        del stacked
+    frame["trial"] += trials.start
+    return frame, models[0]
 
 
 def config_columns(s: Any) -> dict[str, Any]:
@@ -74,13 +88,14 @@ def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
     if s.resume and out_dir is not None and _same_run(completed_config(Path(out_dir)), as_dict(s)):
         return RunResult(load(out_dir), read_summary(out_dir), Path(out_dir), resumed=True)
     device = resolve_device(s.device)
-    check_memory(s, device)
+    at_once = trials_at_once(s, device)
+    check_memory(s, device, at_once)
     started = time.perf_counter()
     frames, predicted = [], None
     try:
-        for trial in range(s.trials):
-            frame, model = _trial(s, trial, device)
-            if trial == 0:  # the prediction needs the layers' fans, not their values
+        for start in range(0, s.trials, at_once):
+            frame, model = _trials(s, range(start, min(start + at_once, s.trials)), device)
+            if start == 0:  # the prediction needs the layers' fans, not their values
                 predicted, note, sigmas = compare.prediction(s, model)
             frames.append(frame)
             del model
@@ -102,6 +117,7 @@ def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
         "config": as_dict(s),
         "device": device_name(device),
         "trials": s.trials,
+        "trials_at_once": at_once,
         "elapsed_s": round(elapsed, 3),
         "versions": {
             "propbench": __version__, "torch": torch.__version__, "numpy": np.__version__,

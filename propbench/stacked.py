@@ -1,0 +1,163 @@
+"""Many trials in one pass: T independently initialized networks stacked into one.
+
+Each trial's network is built and initialized exactly as a single run builds it (its own
+weight seed, on the CPU); :func:`stack` then copies the T networks' parameters into one
+``StackedStack`` whose every layer computes all T networks at once, so that a GPU runs
+T small problems as one large one instead of launching T times as many kernels:
+
+- MLP: activations are ``(T, B, width)``; a ``StackedLinear`` is one batched matmul
+  ``y_t = x_t W_t^T + b_t`` (``torch.baddbmm``); ``StackedBatchNorm`` normalizes each
+  trial's batch separately.
+- CNN: trials are merged into the channel axis, ``(B, T*C, H, W)``; a block's conv is one
+  grouped convolution (``groups=T``: group t sees only trial t's channels), BatchNorm2d and
+  pooling act per channel anyway, and the head's linear layer is a grouped 1x1 conv.
+
+Activations are shared modules (elementwise; PReLU's single slope starts at the same value
+in every trial). Nothing mixes trials, so each trial's outputs, gradients and therefore
+statistics are the sequential path's up to floating-point summation order.
+:meth:`StackedStack.split` gives a stacked tensor's per-trial view ``(T, *shape)`` without
+copying; the probe reduces each trial's view separately.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from propbench.models import Block, DeepStack
+
+
+class StackedLinear(nn.Module):
+    """T independent ``nn.Linear`` layers on ``(T, B, in)``: weight ``(T, out, in)``."""
+
+    probe_site = "pre"
+
+    def __init__(self, layers: Sequence[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+        has_bias = layers[0].bias is not None
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers])) if has_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class StackedBatchNorm(nn.Module):
+    """T independent ``nn.BatchNorm1d`` layers in training mode on ``(T, B, C)``: each
+    trial's batch is normalized with its own mean and biased variance (Ioffe & Szegedy,
+    2015), then scaled and shifted by its own affine parameters."""
+
+    probe_site = "norm"
+
+    def __init__(self, layers: Sequence[nn.BatchNorm1d]):
+        super().__init__()
+        self.eps = layers[0].eps
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).unsqueeze(1))
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def _grouped_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    first, trials = layers[0], len(layers)
+    conv = nn.Conv2d(
+        trials * first.in_channels, trials * first.out_channels, first.kernel_size,
+        stride=first.stride, padding=first.padding, dilation=first.dilation, groups=trials,
+        bias=first.bias is not None, dtype=first.weight.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([m.weight for m in layers]))
+        if conv.bias is not None:
+            conv.bias.copy_(torch.cat([m.bias for m in layers]))
+    return conv
+
+
+def _channel_norm(layers: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    first = layers[0]
+    norm = nn.BatchNorm2d(len(layers) * first.num_features, eps=first.eps,
+                          momentum=first.momentum, dtype=first.weight.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.cat([m.weight for m in layers]))
+        norm.bias.copy_(torch.cat([m.bias for m in layers]))
+    return norm
+
+
+def _head_conv(heads: Sequence[nn.Module]) -> nn.Module:
+    """The CNN head (avg-pool, flatten, linear) per trial as avg-pool, grouped 1x1 conv,
+    flatten: ``(B, T*C, H, W) -> (B, T*classes)``."""
+    linears = [head[2] for head in heads]
+    first = linears[0]
+    conv = nn.Conv2d(len(heads) * first.in_features, len(heads) * first.out_features, 1,
+                     groups=len(heads), bias=first.bias is not None, dtype=first.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([m.weight for m in linears])[:, :, None, None])
+        if conv.bias is not None:
+            conv.bias.copy_(torch.cat([m.bias for m in linears]))
+    return nn.Sequential(copy.deepcopy(heads[0][0]), conv, nn.Flatten())
+
+
+def _shared(modules: Sequence[nn.Module]) -> nn.Module:
+    """One module for all trials (activations, pools); refuses trials that differ."""
+    first = modules[0]
+    for other in modules[1:]:
+        for a, b in zip(first.parameters(), other.parameters()):
+            if not torch.equal(a, b):
+                raise ValueError(f"stack: the trials' {type(first).__name__} parameters differ")
+    return copy.deepcopy(first)
+
+
+class StackedStack(DeepStack):
+    """T DeepStacks computed as one. ``layout`` is 'mlp' (trials on a new leading axis) or
+    'cnn' (trials merged into the channel axis); module paths are those of a DeepStack."""
+
+    def __init__(self, blocks: list[Block], head: nn.Module | None, input_shape: tuple[int, ...],
+                 trials: int, layout: str):
+        super().__init__(blocks, head, input_shape)
+        self.trials, self.layout = trials, layout
+
+    def stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-trial inputs (or output cotangents) ``(B, ...)`` -> the stacked layout."""
+        if self.layout == "mlp":
+            return torch.stack(list(tensors))
+        return torch.stack(list(tensors), dim=1).flatten(1, 2)
+
+    def split(self, t: torch.Tensor, weight: bool = False) -> torch.Tensor:
+        """A stacked activation, gradient or (``weight=True``) weight as ``(T, *shape)``:
+        a view of ``t``, one slice per trial."""
+        if self.layout == "mlp":
+            return t
+        if weight:
+            return t.unflatten(0, (self.trials, -1))
+        return t.unflatten(1, (self.trials, -1)).movedim(1, 0)
+
+
+def stack(models: Sequence[DeepStack]) -> StackedStack:
+    """Stack T DeepStacks of one architecture (as :func:`propbench.models.build_model`
+    makes them, with different seeds) into one StackedStack on the same device."""
+    trials = len(models)
+    if trials < 1:
+        raise ValueError("stack: needs at least one model")
+    first = models[0]
+    layout = "cnn" if hasattr(first.blocks[0], "conv") else "mlp"
+    blocks = []
+    for i, block in enumerate(first.blocks):
+        column = [m.blocks[i] for m in models]
+        weights = [getattr(b, block.weight_name) for b in column]
+        if layout == "mlp":
+            weight = StackedLinear(weights)
+            norm = StackedBatchNorm([b.norm for b in column]) if block.norm is not None else None
+        else:
+            weight = _grouped_conv(weights)
+            norm = _channel_norm([b.norm for b in column]) if block.norm is not None else None
+        pool = _shared([b.pool for b in column]) if block.pool is not None else None
+        blocks.append(Block(block.weight_name, weight, norm, _shared([b.act for b in column]), pool))
+    head = None if first.head is None else _head_conv([m.head for m in models])
+    device = next(first.parameters()).device
+    return StackedStack(blocks, head, first.input_shape, trials, layout).to(device)
