@@ -36,6 +36,9 @@ CASES = {
     "cpu": [("mlp d50 w1024 b256", 50, 1024, 256, 1.10), ("mlp d50 w256 b256", 50, 256, 256, None)],
     "cuda": [("mlp d50 w1024 b1024", 50, 1024, 1024, 1.10), ("mlp d50 w256 b256", 50, 256, 256, 1.25)],
 }
+# (trials, depth, width, batch) probed sequentially and stacked; the speed-up target per device
+TRIALS_CASE = (32, 50, 256, 256)
+TRIALS_SPEEDUP_TARGET = {"cuda": 8.0, "cpu": None}
 MEMORY_TARGET = 1.05
 STARTUP_TARGET_S = 1.5
 SWEEP_JOB_TARGET_S = 0.5
@@ -120,6 +123,64 @@ def time_case(depth: int, width: int, batch: int, device: Any, repeats: int) -> 
         for name in names[r % 3:] + names[:r % 3]:
             times[name].append(variants[name]())
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def trials_case(device: Any, repeats: int) -> dict[str, float]:
+    """Median seconds of T single-trial probes one after another and of one stacked probe
+    of the same T networks, inputs and cotangents (interleaved, after warm-up)."""
+    import torch
+
+    from propbench import compose
+    from propbench.config import settings
+    from propbench.models import build_model
+    from propbench.probes import probe, probe_trials
+    from propbench.runner import draw_inputs
+    from propbench.stacked import stack
+
+    trials, depth, width, batch = TRIALS_CASE
+    s = settings(compose([f"depth={depth}", f"width={width}", f"batch_size={batch}",
+                          "init=kaiming"]))
+    models = [build_model(s, seed=t) for t in range(trials)]
+    inputs = [draw_inputs(s, (width,), 1000 + t) for t in range(trials)]
+    stacked = stack(models).to(device)
+    models = [m.to(device) for m in models]
+    on_device = [x.to(device) for x in inputs]
+
+    def sequential() -> None:
+        for t, (model, x) in enumerate(zip(models, on_device)):
+            probe(model, x, model.probed_modules(), seed=t)
+
+    def batched() -> None:
+        probe_trials(stacked, inputs, list(range(trials)))
+
+    def timed(fn: Callable[[], None]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    variants = {"sequential": sequential, "stacked": batched}
+    for fn in variants.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(repeats):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            times[name].append(timed(variants[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def trials_rows(device: Any, repeats: int) -> list[Row]:
+    trials, depth, width, batch = TRIALS_CASE
+    t = trials_case(device, repeats)
+    speedup = t["sequential"] / t["stacked"]
+    goal = TRIALS_SPEEDUP_TARGET[device.type]
+    case = f"trials={trials} d{depth} w{width} b{batch}"
+    return [Row(case, f"{trials} sequential probes", t["sequential"] * 1e3, "ms"),
+            Row(case, "stacked speed-up over sequential", speedup, "x",
+                f">= {goal}" if goal else None, speedup >= goal if goal else None)]
 
 
 _PEAK_RISE = """
@@ -227,6 +288,7 @@ def run(device_name: str = "auto", repeats: int = 15, sweeps: bool = True) -> li
         ratio = memory["probe"] / memory["bare"]
         rows.append(Row(name, "probe/bare peak memory", ratio, "x", f"<= {MEMORY_TARGET}",
                         ratio <= MEMORY_TARGET))
+    rows += trials_rows(device, max(3, repeats // 3))
     rows += startup_rows()
     if sweeps:
         rows += sweep_rows()

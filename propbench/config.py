@@ -172,7 +172,7 @@ class PropbenchConfig:
     seed: int = 0
     trials: int = 1  # independent re-initializations, seeds derived from `seed`
     # trials probed at once, stacked into one network (propbench.stacked); null: as many as
-    # fit in half the free memory on CUDA, one at a time on the CPU; 1: one at a time
+    # fit in half the free memory (on the CPU, in at most 1 GiB); 1: one at a time
     trial_batch: Optional[int] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = DType.float32
