@@ -8,6 +8,7 @@ the device or memory check remains. ``HYDRA_FULL_ERROR=1`` shows Hydra's own rep
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import sys
@@ -18,6 +19,12 @@ from propbench.errors import ConfigError, PropbenchError
 
 PROG = "propbench"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
+# the override lists check() composed and validated; the propbench sweeper
+# (hydra_plugins/propbench_sweeper) does not compose these jobs again
+PRECHECKED: set[frozenset[str]] = set()
+# config groups (folders of conf/ and experiments/): overriding one recomposes the defaults
+_GROUPS = {p.name for d in (CONF_DIR, CONF_DIR.parent / "experiments") for p in d.iterdir()
+           if p.is_dir()} | {"schema"}
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -115,19 +122,49 @@ def check(argv: list[str]) -> None:
     multirun = any(a in _MULTIRUN_FLAGS for a in argv)
     overrides = [a for a in argv if a not in _MULTIRUN_FLAGS]
     combos, sweep = _combinations(overrides)
+    PRECHECKED.clear()
+    base = None
     for i, combo in enumerate(combos):
         try:
-            cfg = compose(combo, return_hydra_config=i == 0)
+            cfg = _updated(base, combos[0], combo) if i else None
+            if cfg is None:
+                cfg = compose(combo, return_hydra_config=i == 0)
         except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError(explain(err, _culprit(err, combo))) from None
+            changed = next((o for o, b in zip(combo, combos[0]) if o != b), "")
+            raise ConfigError(explain(err, _culprit(err, combo) or changed)) from None
         if i == 0:  # an experiment may switch to multirun itself (hydra.mode)
             multirun = multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
             if sweep and not multirun:
                 raise ConfigError(f"{sweep}: a list of values is a sweep; add -m")
             with open_dict(cfg):
                 del cfg["hydra"]  # its job-time interpolations cannot resolve here
+            base = cfg
         s = settings(cfg)
         check_memory(s, resolve_device(s.device))
+        PRECHECKED.add(frozenset(combo))
+
+
+def _updated(base: Any, first: list[str], combo: list[str]) -> Any:
+    """``base`` (the composed ``first``) with the one override where ``combo`` differs set
+    the way Hydra sets a value after composing (``OmegaConf.update``, type-checked by the
+    schema); None where that override needs a full composition (a config group, ``+``,
+    ``~``), which a sweep of one value at a time would otherwise pay for every value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from omegaconf import OmegaConf
+
+    changed = [o for o, b in zip(combo, first) if o != b]
+    if len(changed) != 1:
+        return None
+    override = OverridesParser.create().parse_override(changed[0])
+    key = override.key_or_group
+    if override.type != OverrideType.CHANGE or override.package is not None or (
+        "/" in key or key in _GROUPS
+    ):
+        return None
+    cfg = copy.deepcopy(base)
+    OmegaConf.update(cfg, key, override.value(), merge=True)
+    return cfg
 
 
 def _culprit(err: BaseException, combo: list[str]) -> str:
@@ -184,14 +221,17 @@ def _sweep_job(cfg: Any, hydra_cfg: Any) -> None:
     import traceback
     from pathlib import Path
 
+    from propbench import background
     from propbench.results import write_error
     from propbench.runner import execute
     from propbench.sweep import progress
 
     folder = Path(hydra_cfg.runtime.output_dir)
     overrides = " ".join(hydra_cfg.overrides.task)
+    # one job after another in this process: the figure can be drawn beside the next job
+    in_process = str(hydra_cfg.launcher.get("_target_", "")).endswith(".BasicLauncher")
     try:
-        result = execute(cfg, folder)
+        result = execute(cfg, folder, background=in_process)
         summary = result.summary
         outcome = ", ".join(f"{q} {summary[q]['verdict']}" for q in ("activation", "gradient")
                             if q in summary)
@@ -201,6 +241,7 @@ def _sweep_job(cfg: Any, hydra_cfg: Any) -> None:
         write_error(folder, err, traceback.format_exc())
         outcome = f"FAILED: {_first_line(err)}"
     done, total = progress(Path(hydra_cfg.sweep.dir))
+    done += background.pending()  # computed; their figures are still being drawn
     print(f"[{done}/{total or '?'}] job {hydra_cfg.job.num} ({overrides}): {outcome}", flush=True)
 
 

@@ -21,7 +21,7 @@ from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
 from propbench.probes import probe, probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
-                               write_stats, write_summary)
+                               write_error, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
@@ -82,8 +82,11 @@ def config_columns(s: Any) -> dict[str, Any]:
     return values
 
 
-def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
-    """Validate ``cfg``, probe every trial, summarize; write the run folder if given."""
+def execute(cfg: Any, out_dir: Optional[Path] = None, background: bool = False) -> RunResult:
+    """Validate ``cfg``, probe every trial, summarize; write the run folder if given.
+
+    With ``background=True`` the figure and ``summary.json`` are written by a forked child
+    (:mod:`propbench.background`), and the folder is complete once that child is done."""
     s = settings(cfg)
     if s.resume and out_dir is not None and _same_run(completed_config(Path(out_dir)), as_dict(s)):
         return RunResult(load(out_dir), read_summary(out_dir), Path(out_dir), resumed=True)
@@ -138,8 +141,16 @@ def execute(cfg: Any, out_dir: Optional[Path] = None) -> RunResult:
         write_stats(out_dir, frame)
         from propbench.plots import save_propagation
 
-        save_propagation(frame, out_dir / FIGURE)
-        write_summary(out_dir, summary)  # last: marks the folder complete
+        def finish() -> None:
+            save_propagation(frame, out_dir / FIGURE)
+            write_summary(out_dir, summary)  # last: marks the folder complete
+
+        if background:
+            from propbench import background as jobs
+
+            jobs.submit(finish, lambda err, text: write_error(out_dir, err, text))
+        else:
+            finish()
     return RunResult(frame, summary, out_dir)
 
 

@@ -275,6 +275,9 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global LAST_REPORT
+        from propbench import background
+
+        background.wait_all()  # the last jobs' figures and summaries
         LAST_REPORT = aggregate(Path(config.hydra.sweep.dir))
         print(f"\nSweep {LAST_REPORT.folder}:\n")
         print((LAST_REPORT.folder / SWEEP_MD).read_text())

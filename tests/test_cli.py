@@ -71,6 +71,12 @@ BAD = [
     (["depth=10,20"], "a list of values is a sweep; add -m"),
     (["~bias"], "bias: required (it was deleted)"),
     (["-m", "act=relu,nope"], "act=nope: no such option"),
+    # further sweep values are set on the composed base, and checked as strictly
+    (["-m", "seed=0,x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
+    (["-m", "depth=5,-1"], "depth=-1: must be >= 1"),
+    (["-m", "trials=2", "trial_batch=1,0"], "trial_batch=0: must be >= 1"),
+    (["-m", "init=kaiming", "init.gain=1,-2"], "init.gain=-2: must be a finite number > 0"),
+    (["-m", "act=relu,prelu", "act.slope=0.1"], "act.slope=0.1: only leaky_relu and prelu"),
 ]
 
 
@@ -198,3 +204,46 @@ def test_non_editable_install_ships_the_configs(tmp_path):
         env=env, capture_output=True, text=True, cwd=tmp_path).stdout
     experiment = cli("+experiment=selu_lecun", "--cfg", "job", cwd=tmp_path, env=env)
     assert experiment.returncode == 0 and "name: selu_lecun" in experiment.stdout
+
+
+@pytest.mark.parametrize("first, further", [
+    ("seed=1", "seed=3"), ("depth=6", "depth=7"), ("model.norm=none", "model.norm=batchnorm"),
+    ("init.gain=1.0", "init.gain=1.5"), ("correlation=null", "correlation=0.5"),
+])
+def test_a_further_sweep_value_set_on_the_base_equals_composing_it(first, further):
+    """check() sets a non-group sweep value on the composed base instead of composing again;
+    the result must be the config Hydra composes."""
+    from omegaconf import OmegaConf
+
+    from propbench.cli import _updated
+
+    fast = _updated(propbench.compose(["init=kaiming", first]), ["init=kaiming", first],
+                    ["init=kaiming", further])
+    assert fast is not None
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(
+        propbench.compose(["init=kaiming", further]))
+
+
+@pytest.mark.parametrize("override", ["act=tanh", "model=cnn", "+experiment=selu_lecun",
+                                      "~correlation", "hydra/launcher=joblib"])
+def test_group_and_structural_overrides_are_composed_in_full(override):
+    from propbench.cli import _updated
+
+    assert _updated(propbench.compose([]), ["depth=5"], [override]) is None
+
+
+def test_the_sweeper_composes_only_what_the_cli_did_not_check(monkeypatch):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra_plugins.propbench_sweeper.propbench_sweeper import PropbenchSweeper
+
+    from propbench import cli as cli_module
+
+    validated = []
+    monkeypatch.setattr(BasicSweeper, "validate_batch_is_legal",
+                        lambda self, batch: validated.extend(batch))
+    monkeypatch.setattr(cli_module, "PRECHECKED", {frozenset(["depth=5", "seed=0"])})
+    PropbenchSweeper().validate_batch_is_legal([["depth=5", "seed=0"], ["seed=1", "depth=5"]])
+    assert validated == [["seed=1", "depth=5"]]
+    cli_module.check(["-m", "depth=5", "seed=0,1"])
+    assert cli_module.PRECHECKED == {frozenset(["depth=5", "seed=0"]),
+                                     frozenset(["depth=5", "seed=1"])}
