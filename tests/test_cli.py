@@ -242,7 +242,8 @@ def test_the_sweeper_composes_only_what_the_cli_did_not_check(monkeypatch):
     monkeypatch.setattr(BasicSweeper, "validate_batch_is_legal",
                         lambda self, batch: validated.extend(batch))
     monkeypatch.setattr(cli_module, "PRECHECKED", {frozenset(["depth=5", "seed=0"])})
-    PropbenchSweeper().validate_batch_is_legal([["depth=5", "seed=0"], ["seed=1", "depth=5"]])
+    PropbenchSweeper(max_batch_size=None).validate_batch_is_legal(
+        [["depth=5", "seed=0"], ["seed=1", "depth=5"]])
     assert validated == [["seed=1", "depth=5"]]
     cli_module.check(["-m", "depth=5", "seed=0,1"])
     assert cli_module.PRECHECKED == {frozenset(["depth=5", "seed=0"]),
