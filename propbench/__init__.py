@@ -6,6 +6,7 @@ do not pay for torch or matplotlib until they are used:
 - :func:`compose` -- the config ``python -m propbench OVERRIDES`` would run;
 - :func:`build_model` -- the initialized network a config describes;
 - :func:`probe` -- per-layer statistics of one forward+backward of any ``nn.Module``;
+- :func:`stack`, :func:`probe_trials` -- T networks of one config as one, probed in one pass;
 - :func:`run` -- a config's trials as one tidy frame (optionally writing a run folder);
 - :func:`load` -- the frame of a run folder; :func:`summarize` -- its verdict;
 - :func:`aggregate` -- a sweep folder's tables and figures (what ``propbench.report`` does);
@@ -22,6 +23,8 @@ _API = {
     "compose": "propbench.config",
     "build_model": "propbench.models",
     "probe": "propbench.probes",
+    "probe_trials": "propbench.probes",
+    "stack": "propbench.stacked",
     "run": "propbench.runner",
     "load": "propbench.results",
     "summarize": "propbench.verdict",

@@ -9,7 +9,8 @@ interleaved, after warm-up, and are reported as medians over repeats:
   per layer into Python lists (one host sync per tensor), kept as the comparator.
 
 Peak memory of ``bare`` and ``probe`` is the CUDA allocator's peak, or on the CPU the rise
-of the peak resident memory over the set-up, measured in a fresh subprocess per variant.
+of the peak resident memory over the set-up, measured in fresh subprocesses (the median of
+three per variant).
 The start-up of the CLI and the cost of lean sweeps are timed too. Each row has the target
 it is held to and whether it met it; the table is printed and written as CSV. Ratios are
 the figures to quote: absolute times hold only for the device they were taken on.
@@ -228,7 +229,9 @@ def memory_case(depth: int, width: int, batch: int, device: Any) -> dict[str, fl
             torch.cuda.synchronize()
             peaks[name] = torch.cuda.max_memory_allocated(device) - base
         return peaks
-    return {name: _cpu_peak_rise(depth, width, batch, name) for name in ("bare", "probe")}
+    # resident pages vary by several percent from process to process: median of three each
+    return {name: statistics.median(_cpu_peak_rise(depth, width, batch, name) for _ in range(3))
+            for name in ("bare", "probe")}
 
 
 def _seconds(args: list[str], cwd: str, repeats: int = 3) -> float:
