@@ -85,40 +85,38 @@ def pair_stats(v: torch.Tensor) -> torch.Tensor:
     return torch.stack([cosine.sum(1), cosine.square().sum(1), zero, nan, nan], dim=1)
 
 
-def tensor_stats(v: torch.Tensor, per_channel: bool, count_nonfinite: bool) -> torch.Tensor:
-    """Per trial, [sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``v`` =
-    (trials, *shape): a (trials, 5) tensor on v's device. A single network is one trial."""
-    v = v.detach()
+def tensor_stats(t: torch.Tensor, per_channel: bool, count_nonfinite: bool,
+                 trials: bool = False) -> torch.Tensor:
+    """[sum, sumsq, nonfinite, channel_mean_sq, channel_var] of ``t``, on t's device: a (5,)
+    tensor; with ``trials=True``, ``t`` is a per-trial view (trials, *shape) and the result
+    is (trials, 5), one row per trial."""
+    t = t.detach()
     if count_nonfinite:  # the careful pass: float64 keeps huge finite values' squares finite
-        v = v.double()
-    elif v.dtype in _LOW_PRECISION:
-        v = v.float()
-    trials = v.shape[0]
+        t = t.double()
+    elif t.dtype in _LOW_PRECISION:
+        t = t.float()
+    lead = t.shape[:1] if trials else ()  # () or (trials,)
     if count_nonfinite:
-        nonfinite = (~torch.isfinite(v)).reshape(trials, -1).sum(1).to(v.dtype)
+        nonfinite = (~torch.isfinite(t)).flatten(len(lead)).sum(-1).to(t.dtype)
     else:
-        nonfinite = v.new_zeros(trials)
-    if per_channel and v.dim() == 5:  # (trials, N, C, H, W)
-        per_channel_count = v[0].numel() // v.shape[2]
-        channel_sum = v.sum(dim=(1, 3, 4))
-        channel_sumsq = v.square().sum(dim=(1, 3, 4))
+        nonfinite = t.new_zeros(lead)
+    if per_channel and t.dim() == 4 + len(lead):  # (N, C, H, W) per trial
+        dims = tuple(d + len(lead) for d in (0, 2, 3))
+        per_channel_count = t[0].numel() // t.shape[2] if lead else t.numel() // t.shape[1]
+        channel_sum = t.sum(dim=dims)
+        channel_sumsq = t.square().sum(dim=dims)
         channel_mean = channel_sum / per_channel_count
         channel_var = channel_sumsq / per_channel_count - channel_mean.square()
         return torch.stack([
-            channel_sum.sum(1), channel_sumsq.sum(1), nonfinite,
-            channel_mean.square().mean(1), channel_var.mean(1),
-        ], dim=1)
-    flat = v.reshape(trials, -1)
-    if trials == 1:  # one dot product: no temporary the size of the tensor
-        sumsq = torch.dot(flat[0], flat[0]).reshape(1)
-    else:
-        sumsq = torch.linalg.vecdot(flat, flat)
+            channel_sum.sum(-1), channel_sumsq.sum(-1), nonfinite,
+            channel_mean.square().mean(-1), channel_var.mean(-1),
+        ], dim=-1)
     nan = torch.full_like(nonfinite, float("nan"))
-    return torch.stack([flat.sum(1), sumsq, nonfinite, nan, nan], dim=1)
-
-
-def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
-    return t.unsqueeze(0)
+    if lead:
+        flat = t.reshape(lead[0], -1)
+        return torch.stack([flat.sum(1), torch.linalg.vecdot(flat, flat), nonfinite, nan, nan], dim=1)
+    flat = t.reshape(-1)  # one dot product: no temporary the size of the tensor
+    return torch.stack([flat.sum(), torch.dot(flat, flat), nonfinite, nan, nan])
 
 
 @dataclass
@@ -129,7 +127,8 @@ class _Tap:
     names: dict[nn.Module, str]
     count_nonfinite: bool
     pairs: bool = False
-    split: Callable[..., torch.Tensor] = _one_trial  # tensor -> per-trial view (T, *shape)
+    # stacked trials: tensor -> per-trial view (T, *shape); None: one network
+    split: Optional[Callable[..., torch.Tensor]] = None
     layer: int = 0
     meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     stats: list[torch.Tensor] = field(default_factory=list)
@@ -137,12 +136,16 @@ class _Tap:
     weight_hooked: set[nn.Module] = field(default_factory=set)
 
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
-        v = self.split(t, site == "weight")
-        self.meta.append((layer, name, site, quantity, v[0].numel()))
-        self.stats.append(tensor_stats(v, site != "weight", self.count_nonfinite))
+        stacked = self.split is not None
+        v = self.split(t, site == "weight") if stacked else t
+        self.meta.append((layer, name, site, quantity, v[0].numel() if stacked else t.numel()))
+        self.stats.append(tensor_stats(v, site != "weight", self.count_nonfinite, stacked))
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
-            self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
-            self.stats.append(pair_stats(v).to(self.stats[-1].dtype))  # float64 when careful
+            pairs = pair_stats(v if stacked else v.unsqueeze(0))
+            batch = v.shape[1] if stacked else v.shape[0]
+            self.meta.append((layer, name, site, "correlation", batch // 2))
+            # float64 in the careful pass, like the record before it
+            self.stats.append((pairs if stacked else pairs[0]).to(self.stats[-1].dtype))
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
@@ -195,7 +198,8 @@ def _pass(model: nn.Module, inputs: Any, tap: _Tap, cotangent: Callable[[torch.T
         tap.detach()
     if not tap.stats:
         return np.zeros((0, 1, 5))
-    return torch.stack(tap.stats).to("cpu", torch.float64).numpy()  # the one sync
+    stats = torch.stack(tap.stats).to("cpu", torch.float64).numpy()  # the one sync
+    return stats.reshape(len(stats), -1, 5)  # (records, trials, 5)
 
 
 def _normal(shape: Sequence[int], seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -204,7 +208,7 @@ def _normal(shape: Sequence[int], seed: int, dtype: torch.dtype) -> torch.Tensor
 
 def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module]],
              cotangent: Callable[[torch.Tensor], torch.Tensor], pairs: bool, keep_grads: bool,
-             split: Callable[..., torch.Tensor] = _one_trial) -> tuple[list[tuple], np.ndarray]:
+             split: Optional[Callable[..., torch.Tensor]] = None) -> tuple[list[tuple], np.ndarray]:
     """The quick pass, and the careful one where the quick one lost precision."""
     modules = default_modules(model) if modules is None else list(modules)
     names = {m: n for n, m in model.named_modules()}
