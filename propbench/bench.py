@@ -29,6 +29,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -69,8 +70,6 @@ def _setup(depth: int, width: int, batch: int, device: Any) -> tuple[Any, Any, A
 
 
 def _variants(model: Any, x: Any, g: Any) -> dict[str, Callable[[], Any]]:
-    import torch
-
     from propbench import probe
 
     modules = model.probed_modules()
@@ -98,18 +97,21 @@ def _variants(model: Any, x: Any, g: Any) -> dict[str, Callable[[], Any]]:
             for h in handles:
                 h.remove()
 
-    def timed(fn: Callable[[], None]) -> Callable[[], float]:
-        def run() -> float:
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-        return run
+    return {name: partial(seconds, fn, x.device)
+            for name, fn in (("bare", bare), ("probe", probed), ("naive", naive))}
 
-    return {"bare": timed(bare), "probe": timed(probed), "naive": timed(naive)}
+
+def seconds(fn: Callable[[], Any], device: Any) -> float:
+    """Wall time of ``fn()``, the device's queued work included (CUDA: synchronized)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def time_case(depth: int, width: int, batch: int, device: Any, repeats: int) -> dict[str, float]:
@@ -129,8 +131,6 @@ def time_case(depth: int, width: int, batch: int, device: Any, repeats: int) -> 
 def trials_case(device: Any, repeats: int) -> dict[str, float]:
     """Median seconds of T single-trial probes one after another and of one stacked probe
     of the same T networks, inputs and cotangents (interleaved, after warm-up)."""
-    import torch
-
     from propbench import compose
     from propbench.config import settings
     from propbench.models import build_model
@@ -154,22 +154,13 @@ def trials_case(device: Any, repeats: int) -> dict[str, float]:
     def batched() -> None:
         probe_trials(stacked, inputs, list(range(trials)))
 
-    def timed(fn: Callable[[], None]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     variants = {"sequential": sequential, "stacked": batched}
     for fn in variants.values():
         fn()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(repeats):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-            times[name].append(timed(variants[name]))
+            times[name].append(seconds(variants[name], device))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -125,13 +125,13 @@ def check(argv: list[str]) -> None:
     PRECHECKED.clear()
     base = None
     for i, combo in enumerate(combos):
+        changed = [o for o, b in zip(combo, combos[0]) if o != b]  # each combo differs once
         try:
-            cfg = _updated(base, combos[0], combo) if i else None
+            cfg = _updated(base, changed[0]) if len(changed) == 1 else None
             if cfg is None:
                 cfg = compose(combo, return_hydra_config=i == 0)
         except (HydraException, OmegaConfBaseException) as err:
-            changed = next((o for o, b in zip(combo, combos[0]) if o != b), "")
-            raise ConfigError(explain(err, _culprit(err, combo) or changed)) from None
+            raise ConfigError(explain(err, _culprit(err, combo) or "".join(changed[:1]))) from None
         if i == 0:  # an experiment may switch to multirun itself (hydra.mode)
             multirun = multirun or str(cfg.hydra.mode) == "RunMode.MULTIRUN"
             if sweep and not multirun:
@@ -144,19 +144,16 @@ def check(argv: list[str]) -> None:
         PRECHECKED.add(frozenset(combo))
 
 
-def _updated(base: Any, first: list[str], combo: list[str]) -> Any:
-    """``base`` (the composed ``first``) with the one override where ``combo`` differs set
-    the way Hydra sets a value after composing (``OmegaConf.update``, type-checked by the
-    schema); None where that override needs a full composition (a config group, ``+``,
-    ``~``), which a sweep of one value at a time would otherwise pay for every value."""
+def _updated(base: Any, changed: str) -> Any:
+    """The composed ``base`` with the override ``changed`` set the way Hydra sets a value
+    after composing (``OmegaConf.update``, type-checked by the schema); None where that
+    override needs a full composition (a config group, ``+``, ``~``), which a sweep of one
+    value at a time would otherwise pay for every value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from omegaconf import OmegaConf
 
-    changed = [o for o, b in zip(combo, first) if o != b]
-    if len(changed) != 1:
-        return None
-    override = OverridesParser.create().parse_override(changed[0])
+    override = OverridesParser.create().parse_override(changed)
     key = override.key_or_group
     if override.type != OverrideType.CHANGE or override.package is not None or (
         "/" in key or key in _GROUPS

@@ -50,10 +50,15 @@ _INTERPRETER = 512 * 2**20  # Python, torch, pandas, matplotlib
 
 
 def estimate_bytes(s: Any, trials: int = 1) -> int:
-    """Peak memory of ``trials`` trials probed at once: per trial the weights once (their
-    gradients are freed as they land), the activations autograd keeps (2-3 per block, +2
-    with BatchNorm) and a few in flight; plus the interpreter. Measured for one trial at
-    depth 1000, width 512, batch 256: ReLU 2.26 GiB (this gives 2.4), GELU 2.73 GiB (2.9)."""
+    """Peak memory of ``trials`` trials probed at once, the interpreter included. Measured
+    for one trial at depth 1000, width 512, batch 256: ReLU 2.26 GiB (this gives 2.4), GELU
+    2.73 GiB (2.9)."""
+    return trials * trial_bytes(s) + _INTERPRETER
+
+
+def trial_bytes(s: Any) -> int:
+    """One trial's share: the weights once (their gradients are freed as they land), the
+    activations autograd keeps (2-3 per block, +2 with BatchNorm) and a few in flight."""
     itemsize = _ITEMSIZE[s.dtype]
     if s.model.name == "cnn":
         # channel growth and pooling trade channels for pixels; the first stage bounds both
@@ -63,8 +68,7 @@ def estimate_bytes(s: Any, trials: int = 1) -> int:
     weights = s.depth * (s.width * s.width * k2 + 3 * s.width)
     saved = _SAVED_PER_BLOCK.get(s.act.name, 2) + (2 if s.model.norm == "batchnorm" else 0)
     activation = s.batch_size * s.width * pixels
-    per_trial = itemsize * (weights + s.depth * saved * activation + 4 * activation)
-    return trials * per_trial + _INTERPRETER
+    return itemsize * (weights + s.depth * saved * activation + 4 * activation)
 
 
 def available_bytes(device: Any) -> int:
@@ -114,5 +118,4 @@ def trials_at_once(s: Any, device: Any) -> int:
     budget = 0.5 * available_bytes(device) - _INTERPRETER
     if device.type != "cuda":
         budget = min(budget, CPU_STACK_BYTES)
-    per_trial = estimate_bytes(s, 1) - _INTERPRETER
-    return max(1, min(s.trials, int(budget // max(per_trial, 1))))
+    return max(1, min(s.trials, int(budget // max(trial_bytes(s), 1))))

@@ -138,7 +138,7 @@ class _Tap:
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
         stacked = self.split is not None
         v = self.split(t, site == "weight") if stacked else t
-        self.meta.append((layer, name, site, quantity, v[0].numel() if stacked else t.numel()))
+        self.meta.append((layer, name, site, quantity, v.numel() // v.shape[0] if stacked else t.numel()))
         self.stats.append(tensor_stats(v, site != "weight", self.count_nonfinite, stacked))
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
             pairs = pair_stats(v if stacked else v.unsqueeze(0))

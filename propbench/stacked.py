@@ -65,28 +65,32 @@ class StackedBatchNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
+def _load_concatenated(module: nn.Module, sources: Sequence[nn.Module]) -> nn.Module:
+    """Set ``module``'s weight and bias (where it has one) to the sources' concatenated
+    along dim 0 (trial t's block first-to-last), reshaped to ``module``'s own shapes."""
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            param = getattr(module, name, None)
+            if param is not None:
+                param.copy_(torch.cat([getattr(m, name) for m in sources]).reshape(param.shape))
+    return module
+
+
 def _grouped_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
     first, trials = layers[0], len(layers)
-    conv = nn.Conv2d(
+    return _load_concatenated(nn.Conv2d(
         trials * first.in_channels, trials * first.out_channels, first.kernel_size,
         stride=first.stride, padding=first.padding, dilation=first.dilation, groups=trials,
         bias=first.bias is not None, dtype=first.weight.dtype,
-    )
-    with torch.no_grad():
-        conv.weight.copy_(torch.cat([m.weight for m in layers]))
-        if conv.bias is not None:
-            conv.bias.copy_(torch.cat([m.bias for m in layers]))
-    return conv
+    ), layers)
 
 
 def _channel_norm(layers: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     first = layers[0]
-    norm = nn.BatchNorm2d(len(layers) * first.num_features, eps=first.eps,
-                          momentum=first.momentum, dtype=first.weight.dtype)
-    with torch.no_grad():
-        norm.weight.copy_(torch.cat([m.weight for m in layers]))
-        norm.bias.copy_(torch.cat([m.bias for m in layers]))
-    return norm
+    return _load_concatenated(nn.BatchNorm2d(
+        len(layers) * first.num_features, eps=first.eps, momentum=first.momentum,
+        dtype=first.weight.dtype,
+    ), layers)
 
 
 def _head_conv(heads: Sequence[nn.Module]) -> nn.Module:
@@ -96,11 +100,8 @@ def _head_conv(heads: Sequence[nn.Module]) -> nn.Module:
     first = linears[0]
     conv = nn.Conv2d(len(heads) * first.in_features, len(heads) * first.out_features, 1,
                      groups=len(heads), bias=first.bias is not None, dtype=first.weight.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(torch.cat([m.weight for m in linears])[:, :, None, None])
-        if conv.bias is not None:
-            conv.bias.copy_(torch.cat([m.bias for m in linears]))
-    return nn.Sequential(copy.deepcopy(heads[0][0]), conv, nn.Flatten())
+    return nn.Sequential(copy.deepcopy(heads[0][0]), _load_concatenated(conv, linears),
+                         nn.Flatten())
 
 
 def _shared(modules: Sequence[nn.Module]) -> nn.Module:

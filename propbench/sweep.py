@@ -26,7 +26,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 
 from propbench.errors import ResultsError
-from propbench.results import ERROR, MANIFEST, STATS, SUMMARY, atomic_write
+from propbench.results import ERROR, MANIFEST, SUMMARY, atomic_write
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
 QUANTITIES = ("activation", "gradient")

@@ -217,8 +217,7 @@ def test_a_further_sweep_value_set_on_the_base_equals_composing_it(first, furthe
 
     from propbench.cli import _updated
 
-    fast = _updated(propbench.compose(["init=kaiming", first]), ["init=kaiming", first],
-                    ["init=kaiming", further])
+    fast = _updated(propbench.compose(["init=kaiming", first]), further)
     assert fast is not None
     assert OmegaConf.to_container(fast) == OmegaConf.to_container(
         propbench.compose(["init=kaiming", further]))
@@ -229,7 +228,7 @@ def test_a_further_sweep_value_set_on_the_base_equals_composing_it(first, furthe
 def test_group_and_structural_overrides_are_composed_in_full(override):
     from propbench.cli import _updated
 
-    assert _updated(propbench.compose([]), ["depth=5"], [override]) is None
+    assert _updated(propbench.compose([]), override) is None
 
 
 def test_the_sweeper_composes_only_what_the_cli_did_not_check(monkeypatch):

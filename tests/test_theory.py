@@ -8,7 +8,7 @@ import pytest
 import propbench
 from propbench import theory
 from propbench.activations import ACTIVATIONS
-from tests.conftest import cfg, layer_var
+from tests.conftest import cfg
 
 PDF0 = 1 / math.sqrt(2 * math.pi)
 
