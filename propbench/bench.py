@@ -152,7 +152,7 @@ def trials_case(device: Any, repeats: int) -> dict[str, float]:
             probe(model, x, model.probed_modules(), seed=t)
 
     def batched() -> None:
-        probe_trials(stacked, inputs, list(range(trials)))
+        probe_trials(stacked, inputs, seeds=list(range(trials)))
 
     variants = {"sequential": sequential, "stacked": batched}
     for fn in variants.values():

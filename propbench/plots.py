@@ -9,7 +9,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from propbench.verdict import SIGNALS, first_nonfinite_layer, first_zero_layer, layer_variance
+from propbench.verdict import (SIGNALS, first_constant_layer, first_inf_variance_layer,
+                               first_nonfinite_layer, first_zero_layer, layer_variance)
 
 SITE_STYLE = {  # site -> (label, colour)
     "pre": ("pre-activation (Linear/Conv output)", "C0"),
@@ -74,10 +75,18 @@ def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
     if overflow is not None:
         ax.axvline(overflow, color="red", ls=":", lw=1.2,
                    label=f"inf/NaN from layer {overflow}")
+    beyond = first_inf_variance_layer(frame, quantity)
+    if beyond is not None:
+        ax.axvline(beyond, color="red", ls="--", lw=1.0,
+                   label=f"variance beyond float64 from layer {beyond}")
     first_zero = first_zero_layer(frame, quantity)
     if first_zero is not None:
         ax.axvline(first_zero, color="grey", ls=":", lw=1.2,
                    label=f"underflow to 0 from layer {first_zero}")
+    constant = first_constant_layer(frame, quantity)
+    if constant is not None:
+        ax.axvline(constant, color="grey", ls="-.", lw=1.2,
+                   label=f"constant (variance 0) from layer {constant}")
 
 
 def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optional[Any] = None,
@@ -120,6 +129,9 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     if theory_drawn:
         ax.plot([], [], color="grey", ls="--", lw=1.2, label="mean-field theory (dashed)")
     _mark_range_exits(ax, frame, quantity)
+    shown = rows["var"][np.isfinite(rows["var"]) & (rows["var"] > 0)]
+    if len(shown) and shown.max() > 1e250:  # log ticks above that step out of float64
+        ax.set_ylim(max(shown.min() / 10, 1e-300), 1e250)
     if not drawn:
         ax.text(0.5, 0.5, "no finite, non-zero variance to show", transform=ax.transAxes,
                 ha="center", va="center", color="grey")

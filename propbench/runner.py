@@ -68,7 +68,7 @@ def _trials(s: Any, trials: range, device: torch.device) -> tuple[pd.DataFrame, 
         stacked = stack(models).to(device)
         del models[1:]  # the stacked copy holds their weights now
         inputs = [draw_inputs(s, models[0].input_shape, seed.inputs) for seed in seeds]
-        frame = probe_trials(stacked, inputs, [seed.cotangent for seed in seeds],
+        frame = probe_trials(stacked, inputs, seeds=[seed.cotangent for seed in seeds],
                              pairs=pairs, keep_grads=False)
         del stacked
     frame["trial"] += trials.start

@@ -2,7 +2,7 @@
 
 Each trial's network is built and initialized exactly as a single run builds it (its own
 weight seed, on the CPU); :func:`stack` then copies the T networks' parameters into one
-``StackedStack`` whose every layer computes all T networks at once, so that a GPU runs
+``TrialStack`` whose every layer computes all T networks at once, so that a GPU runs
 T small problems as one large one instead of launching T times as many kernels:
 
 - MLP: activations are ``(T, B, width)``; a ``StackedLinear`` is one batched matmul
@@ -15,8 +15,9 @@ T small problems as one large one instead of launching T times as many kernels:
 Activations are shared modules (elementwise; PReLU's single slope starts at the same value
 in every trial). Nothing mixes trials, so each trial's outputs, gradients and therefore
 statistics are the sequential path's up to floating-point summation order.
-:meth:`StackedStack.split` gives a stacked tensor's per-trial view ``(T, *shape)`` without
-copying; the probe reduces each trial's view separately.
+:meth:`TrialStack.merge` puts per-trial tensors into the stacked layout and
+:meth:`TrialStack.split` gives a stacked tensor's per-trial view ``(T, *shape)`` without
+copying; the probe reduces each trial's view separately. A single network is T = 1.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _channel_norm(layers: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
 def _head_conv(heads: Sequence[nn.Module]) -> nn.Module:
     """The CNN head (avg-pool, flatten, linear) per trial as avg-pool, grouped 1x1 conv,
     flatten: ``(B, T*C, H, W) -> (B, T*classes)``."""
-    linears = [head[2] for head in heads]
+    linears = [next(m for m in head if isinstance(m, nn.Linear)) for head in heads]
     first = linears[0]
     conv = nn.Conv2d(len(heads) * first.in_features, len(heads) * first.out_features, 1,
                      groups=len(heads), bias=first.bias is not None, dtype=first.weight.dtype)
@@ -114,7 +115,7 @@ def _shared(modules: Sequence[nn.Module]) -> nn.Module:
     return copy.deepcopy(first)
 
 
-class StackedStack(DeepStack):
+class TrialStack(DeepStack):
     """T DeepStacks computed as one. ``layout`` is 'mlp' (trials on a new leading axis) or
     'cnn' (trials merged into the channel axis); module paths are those of a DeepStack."""
 
@@ -123,7 +124,7 @@ class StackedStack(DeepStack):
         super().__init__(blocks, head, input_shape)
         self.trials, self.layout = trials, layout
 
-    def stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    def merge(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-trial inputs (or output cotangents) ``(B, ...)`` -> the stacked layout."""
         if self.layout == "mlp":
             return torch.stack(list(tensors))
@@ -139,14 +140,15 @@ class StackedStack(DeepStack):
         return t.unflatten(1, (self.trials, -1)).movedim(1, 0)
 
 
-def stack(models: Sequence[DeepStack]) -> StackedStack:
+def stack(models: Sequence[DeepStack]) -> TrialStack:
     """Stack T DeepStacks of one architecture (as :func:`propbench.models.build_model`
-    makes them, with different seeds) into one StackedStack on the same device."""
+    makes them, with different seeds) into one TrialStack on the same device."""
     trials = len(models)
     if trials < 1:
         raise ValueError("stack: needs at least one model")
     first = models[0]
-    layout = "cnn" if hasattr(first.blocks[0], "conv") else "mlp"
+    first_weight = getattr(first.blocks[0], first.blocks[0].weight_name)
+    layout = "cnn" if isinstance(first_weight, nn.Conv2d) else "mlp"
     blocks = []
     for i, block in enumerate(first.blocks):
         column = [m.blocks[i] for m in models]
@@ -161,4 +163,4 @@ def stack(models: Sequence[DeepStack]) -> StackedStack:
         blocks.append(Block(block.weight_name, weight, norm, _shared([b.act for b in column]), pool))
     head = None if first.head is None else _head_conv([m.head for m in models])
     device = next(first.parameters()).device
-    return StackedStack(blocks, head, first.input_shape, trials, layout).to(device)
+    return TrialStack(blocks, head, first.input_shape, trials, layout).to(device)

@@ -14,9 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 THRESHOLD = 1.0  # |log10 r| above this is vanishing/exploding
+# A variance below this is a signal on its way out of float range: float32 elements under
+# 1e-15 (squares of subnormals are ~1e-80); a 0 after it is an underflow, not a constant.
+TINY_VARIANCE = 1e-30
 
 # quantity -> (site whose variance is compared, True if the signal runs from layer 1 up)
 SIGNALS = {"activation": ("post", True), "gradient": ("pre", False)}
@@ -39,15 +43,46 @@ def first_nonfinite_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
     return int(bad.min() if forward else bad.max())
 
 
-def first_zero_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+def _first_zero(frame: pd.DataFrame, quantity: str) -> tuple[Optional[int], bool]:
     """The first layer, in the direction ``quantity`` travels, whose signal variance is
-    exactly 0 (it underflowed, or every element is equal)."""
+    exactly 0, and whether it underflowed: the variance before it (in that direction) was
+    already below ``TINY_VARIANCE``. Otherwise every element is equal: a zero-initialized
+    layer, a saturated gate, a dead ReLU layer or a single element."""
     site, forward = SIGNALS[quantity]
     var = layer_variance(frame, quantity, site)
-    zero = var.index[var == 0]
+    if not forward:
+        var = var.iloc[::-1]
+    values = var.to_numpy()
+    zero = (values == 0).nonzero()[0]
     if len(zero) == 0:
+        return None, False
+    i = int(zero[0])
+    return int(var.index[i]), i > 0 and 0 < values[i - 1] < TINY_VARIANCE
+
+
+def first_inf_variance_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+    """The first layer, in the direction ``quantity`` travels, whose variance is beyond
+    float64's range (inf) although every element is finite (float64 elements above ~1e154)."""
+    site, forward = SIGNALS[quantity]
+    rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site)
+                 & (frame["nonfinite"] == 0) & (frame["var"] == np.inf)]
+    if rows.empty:
         return None
-    return int(zero.min() if forward else zero.max())
+    return int(rows["layer"].min() if forward else rows["layer"].max())
+
+
+def first_zero_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+    """The first layer, in the direction ``quantity`` travels, where the signal underflowed
+    to exactly 0 (its variance had fallen below ``TINY_VARIANCE`` on the way)."""
+    layer, underflow = _first_zero(frame, quantity)
+    return layer if underflow else None
+
+
+def first_constant_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
+    """The first layer, in the direction ``quantity`` travels, whose signal is constant
+    (variance exactly 0) without having underflowed."""
+    layer, underflow = _first_zero(frame, quantity)
+    return None if underflow else layer
 
 
 def _log10_ratio(start: float, end: float) -> float:
@@ -95,6 +130,8 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "verdict": judge(log10_ratio, first_bad is not None),
             "first_nonfinite_layer": first_bad,
             "first_zero_layer": first_zero_layer(frame, quantity),
+            "first_constant_layer": first_constant_layer(frame, quantity),
+            "first_inf_variance_layer": first_inf_variance_layer(frame, quantity),
             "start_var": float(start),  # where the signal enters
             "end_var": float(end),  # where it leaves
         }
@@ -102,20 +139,27 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def range_warning(summary: dict[str, Any], dtype: str) -> Optional[str]:
-    """One line saying where the signal left the float range, or None if it never did."""
-    parts = []
+    """One line saying where the signal left the float range (or turned constant), or None."""
+    exits, constants = [], []
     for quantity in SIGNALS:
         result = summary.get(quantity)
         if not result:
             continue
         if result["first_nonfinite_layer"] is not None:
-            parts.append(f"{quantity} overflowed to inf/NaN from layer {result['first_nonfinite_layer']}")
+            exits.append(f"{quantity} overflowed to inf/NaN from layer {result['first_nonfinite_layer']}")
+        elif result.get("first_inf_variance_layer") is not None:
+            exits.append(f"{quantity} variance beyond float64's range (elements finite) from "
+                         f"layer {result['first_inf_variance_layer']}")
         elif result.get("first_zero_layer") is not None:
-            parts.append(f"{quantity} underflowed to 0 from layer {result['first_zero_layer']}")
-    if not parts:
+            exits.append(f"{quantity} underflowed to 0 from layer {result['first_zero_layer']}")
+        elif result.get("first_constant_layer") is not None:
+            constants.append(f"{quantity} is constant (variance exactly 0, not an underflow) "
+                             f"from layer {result['first_constant_layer']}")
+    if not exits and not constants:
         return None
     hint = "; dtype=float64 extends the range" if dtype == "float32" else ""
-    return f"{'; '.join(parts)} ({dtype}{hint})"
+    parts = ([f"{'; '.join(exits)} ({dtype}{hint})"] if exits else []) + constants
+    return "; ".join(parts)
 
 
 def describe(quantity: str, result: dict[str, Any]) -> str:
@@ -128,6 +172,8 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
         detail = f"non-finite values from layer {result['first_nonfinite_layer']}"
     elif result["log10_ratio"] == -math.inf:
         detail = f"{what}: exactly 0 at the end"
+    elif result.get("first_inf_variance_layer") is not None:
+        detail = f"{what}: beyond float64's range from layer {result['first_inf_variance_layer']}"
     elif result["log10_ratio"] == math.inf:
         detail = f"{what}: 0 where it enters"
     else:

@@ -51,3 +51,11 @@ def test_deep_frame_renders(tmp_path):
     path = tmp_path / "deep.png"
     save_propagation(pd.concat(rows), path)
     assert path.stat().st_size > 10_000
+
+
+def test_a_constant_signal_is_marked_as_constant_not_underflow():
+    frame = pd.DataFrame(dict(layer=np.arange(1, 5), site="post", quantity="activation",
+                              var=[1.0, 0.8, 0.0, 0.0], nonfinite=0, trial=0))
+    labels = propbench.plot_variance(frame, "activation").get_legend_handles_labels()[1]
+    assert "constant (variance 0) from layer 3" in labels
+    assert not any("underflow" in label for label in labels)

@@ -146,8 +146,8 @@ def test_cuda_matches_cpu(cuda_device):
 
 
 def test_huge_finite_values_keep_a_finite_variance():
-    # float32 elements ~1e20 are finite, their squares (1e40) are not: the careful pass
-    # reduces in float64 and reports the true variance.
+    # float32 elements ~1e20 are finite, their squares (1e40) are not: the reduction is
+    # in float64 and reports the true variance.
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 64, bias=False), nn.Identity())
     with torch.no_grad():
@@ -191,3 +191,61 @@ def test_freeing_gradients_as_they_land_changes_no_statistic():
     freed = probe(net, x, keep_grads=False)
     assert all(p.grad is None for p in net.parameters())  # no second copy of the weights
     pd.testing.assert_frame_equal(kept, freed)
+
+
+def test_a_large_bias_does_not_cancel_the_variance():
+    """Linear(256, 256) with a bias of 1000, then ReLU: the mean is ~1000 times the spread;
+    float32 sums of squares lost the variance to cancellation (0.463 for 0.335)."""
+    torch.manual_seed(0)
+    for bias in (1e3, 1e4):
+        net = nn.Sequential(nn.Linear(256, 256), nn.ReLU())
+        with torch.no_grad():
+            net[0].bias.fill_(bias)
+        x = torch.randn(256, 256)
+        post = row(probe(net, x), "1", "post", "activation")
+        out = net(x).detach().double()
+        assert post["var"] == pytest.approx(out.var(unbiased=False).item(), rel=1e-5)
+        assert post["mean"] == pytest.approx(out.mean().item(), rel=1e-7)
+
+
+@pytest.mark.parametrize("overrides", [["init=default"], ["init=kaiming"],
+                                       ["init=normal", "init.std=3"]],
+                         ids=["vanishing", "stable", "overflowing"])
+def test_the_network_runs_once_per_trial(overrides, monkeypatch):
+    """Whatever the signal does (gradients of 1e-40, float32 overflow), one forward and
+    one backward per trial."""
+    import propbench
+    from propbench.models import DeepStack
+
+    calls = []
+    forward = DeepStack.forward
+    monkeypatch.setattr(DeepStack, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    result = propbench.run(propbench.compose(
+        ["depth=60", "width=32", "batch_size=16", "trials=3", "trial_batch=1", *overrides]))
+    frame = getattr(result, "frame", result)
+    assert len(calls) == 3 and sorted(frame.trial.unique()) == [0, 1, 2]
+
+
+def test_uniform_positive_init_matches_float64_through_the_run():
+    """init=uniform a=0.1 b=0.3, sigmoid: every activation has a mean far above its spread;
+    the variance of the run's frame equals float64 torch.var of the same tensors."""
+    import propbench
+    from propbench.runner import draw_inputs
+    from propbench.seeds import trial_seeds
+
+    cfg = propbench.compose(["init=uniform", "init.a=0.1", "init.b=0.3", "act=sigmoid",
+                             "depth=6", "width=32", "batch_size=16"])
+    result = propbench.run(cfg)
+    frame = getattr(result, "frame", result)
+    model = propbench.build_model(cfg)
+    x = draw_inputs(propbench.config.settings(cfg), model.input_shape, trial_seeds(0, 0).inputs)
+    posts = []
+    hooks = [block.act.register_forward_hook(lambda m, i, o: posts.append(o.detach().double()))
+             for block in model.blocks]
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    measured = frame[(frame.site == "post") & (frame.quantity == "activation")]["var"].to_numpy()
+    expected = [t.var(unbiased=False).item() for t in posts]
+    np.testing.assert_allclose(measured, expected, rtol=1e-5)
+    assert expected[4] < 1e-6 and abs(posts[4].mean().item()) > 1e2 * expected[4] ** 0.5

@@ -31,7 +31,7 @@ def sequential_and_stacked(overrides, trials=3, pairs=False):
          for t, (m, x, g) in enumerate(zip(models, inputs, seeds))],
         ignore_index=True,
     )
-    stacked = probe_trials(stack(models), inputs, seeds, pairs=pairs)
+    stacked = probe_trials(stack(models), inputs, seeds=seeds, pairs=pairs)
     return sequential[stacked.columns], stacked
 
 
@@ -82,7 +82,7 @@ def test_the_careful_pass_counts_the_same_overflow():
 def test_split_is_a_view_per_trial():
     s = settings(cfg("model=cnn", "depth=2", "width=3", "model.image_size=4", "batch_size=2"))
     stacked = stack([build_model(s, seed=t) for t in range(4)])
-    x = stacked.stack([torch.full((2, 3, 4, 4), float(t)) for t in range(4)])
+    x = stacked.merge([torch.full((2, 3, 4, 4), float(t)) for t in range(4)])
     assert x.shape == (2, 12, 4, 4)
     view = stacked.split(x)
     assert view.shape == (4, 2, 3, 4, 4) and view.data_ptr() == x.data_ptr()
@@ -99,7 +99,7 @@ def test_run_in_chunks_equals_one_at_a_time():
     chunked = execute(cfg(*base, "trial_batch=2"))
     assert chunked.summary["trials_at_once"] == 2
     assert sorted(chunked.frame.trial.unique()) == [0, 1, 2, 3, 4]
-    assert_same(one.frame, chunked.frame, rtol=1e-12)
+    assert_same(one.frame, chunked.frame, rtol=1e-11)  # float64 round-off of bmm vs addmm, 6 layers
     factor = per_layer_factor(layer_var(chunked.frame, "pre"))
     assert factor == pytest.approx(1 / 6, rel=0.1)
 

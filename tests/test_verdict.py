@@ -4,7 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from propbench.verdict import describe, summarize
+import torch
+
+import propbench
+from propbench.verdict import describe, range_warning, summarize
 
 
 def synthetic(post_var, grad_var, nonfinite_layer=None, quantity="activation"):
@@ -78,3 +81,21 @@ def test_weight_gradient_nan_does_not_count_as_the_signal_overflowing():
     weight.loc[weight.layer == 3, "nonfinite"] = 7  # its forward input overflowed
     result = summarize(pd.concat([frame, weight]))["gradient"]
     assert result["first_nonfinite_layer"] is None
+
+
+def test_a_constant_is_not_an_underflow():
+    """A zero variance after a healthy one is a constant signal (a zero-initialized layer, a
+    saturated gate); after a variance below TINY_VARIANCE it is an underflow."""
+    constant = summarize(synthetic([1.0, 0.5, 0.0, 0.0], [1, 1, 1, 1]))["activation"]
+    assert constant["first_zero_layer"] is None and constant["first_constant_layer"] == 3
+    underflow = summarize(synthetic([1.0, 1e-20, 1e-80, 0.0], [1, 1, 1, 1]))["activation"]
+    assert underflow["first_zero_layer"] == 4 and underflow["first_constant_layer"] is None
+    assert "constant" in range_warning({"activation": constant}, "float32")
+    assert "underflowed to 0 from layer 4" in range_warning({"activation": underflow}, "float32")
+
+
+def test_one_unit_one_example_is_constant_not_underflow():
+    frame = propbench.probe(torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU()),
+                            torch.ones(1, 1))
+    result = summarize(frame)["activation"]
+    assert result["first_constant_layer"] == 1 and result["first_zero_layer"] is None
