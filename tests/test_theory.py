@@ -81,6 +81,38 @@ def test_c_map_against_the_arc_cosine_kernel():
         theory.moments("tanh", 1.3)[1], abs=1e-12)
 
 
+def _relu_kernel(q, c):
+    """E[relu(u1) relu(u2)], the arc-cosine kernel of degree 1 (Cho & Saul 2009), written
+    without cancellation near c = +-1: pi - acos(c) = acos(-c), 1 - c^2 = (1 - c)(1 + c)."""
+    return q / (2 * math.pi) * (math.sqrt((1 - c) * (1 + c)) + math.acos(-c) * c)
+
+
+NEAR_ONE = [sign * (1 - m * 10.0**-e) for e in range(1, 11) for m in (1, 3) for sign in (1, -1)]
+
+
+@pytest.mark.parametrize("act, slope", [("relu", None), ("leaky_relu", 0.01), ("prelu", 0.25),
+                                        ("prelu", -0.5)])
+def test_c_map_of_rectifiers_near_c_one_matches_the_closed_form_to_1e14(act, slope):
+    # phi(x) = a x + (1 - a) relu(x) and E[u1 relu(u2)] = c q / 2, so
+    # E[phi(u1) phi(u2)] = a q c + (1 - a)^2 * the ReLU kernel. The bend the inner average
+    # makes of the kink has width sqrt(1 - c^2): 1 - c from 1e-1 to 1e-10 (and c near -1)
+    # tests its breakpoints; unresolved it cost 5.9e-9 (ReLU, 1 - c = 2e-5).
+    a = 0.0 if slope is None else slope
+    for q in (0.5, 2.0, 1e4):
+        for c in NEAR_ONE:
+            exact = a * q * c + (1 - a) ** 2 * _relu_kernel(q, c)
+            assert theory.correlation_product(act, q, q, c, slope) == pytest.approx(exact, abs=1e-14 * q)
+
+
+def test_selu_c_map_near_c_one_to_1e14():
+    # 30-digit values at q = 1: the inner mean of SELU in closed form (erfc, exp), the outer
+    # integral by mpmath's adaptive quadrature split at the bend
+    reference = {2: 0.9893602184730145, 4: 0.9998929177029569, 6: 0.9999989285001074,
+                 8: 0.9999999892843251, 10: 0.9999999998928426}
+    for e, value in reference.items():
+        assert theory.correlation_product("selu", 1.0, 1.0, 1 - 10.0**-e) == pytest.approx(value, abs=1e-14)
+
+
 def test_fixed_points_and_depth_scales():
     ordered = theory.depth_scales("tanh", 1.5, 0.05)
     assert ordered["c_star"] == 1.0
