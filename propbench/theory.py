@@ -310,6 +310,77 @@ def predict(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Seque
                       correlation)
 
 
+# --- CNN: the same recursion per pixel, with zero padding ----------------------------------
+
+def _tap_mean(values: np.ndarray, kernel_size: int) -> np.ndarray:
+    """The mean over the k x k taps around each pixel of an (H, W) map, zero outside the
+    image: what a ``padding='same'`` convolution of odd k sees (forward and, its taps being
+    symmetric, backward)."""
+    height, width = values.shape
+    padded = np.pad(values, kernel_size // 2)
+    taps = [padded[i:i + height, j:j + width] for i in range(kernel_size) for j in range(kernel_size)]
+    return np.sum(taps, axis=0) / kernel_size**2
+
+
+def _moment_maps(act: str, q: np.ndarray, slope: Optional[float]) -> np.ndarray:
+    """:func:`moments` at every pixel of a variance map, shape (3, H, W); each distinct q
+    (to 12 digits of the largest: mirror-image pixels) is integrated once."""
+    keys = np.round(q / q.max(), 12) if q.max() > 0 else q
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    values = np.array([moments(act, v, slope) for v in q.ravel()[first]])
+    return values[inverse.ravel()].T.reshape(3, *q.shape)
+
+
+def predict_conv(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Sequence[float],
+                 depth: int, image_size: int, kernel_size: int, slope: Optional[float] = None,
+                 input_second_moment: float = 1.0,
+                 backward_w2: float | Sequence[float] | None = None, cotangent_var: float = 1.0,
+                 c0: Optional[float] = None) -> Prediction:
+    """:func:`predict` for a CNN of k x k ``padding='same'`` convolutions on square images,
+    with ``sigma_w2 = fan_in Var(W)``, ``fan_in = channels k^2``. At infinite width the
+    variance of each pixel p follows the q-map on its own (Xiao et al. 2018, "Dynamical
+    Isometry and a Mean Field Theory of CNNs", sec. 2; cross-pixel covariances do not enter
+    the diagonal), over the taps t that fall inside the image (zero padding):
+
+        q^l(p) = sigma_w2 * mean_t E[phi(h^{l-1}(p + t))^2] + sigma_b2,
+
+    and backward ``Var dL/dx^l(p) = backward_w2 * mean_t Var dL/dh^{l+1}(p - t)``, from a
+    cotangent of variance ``cotangent_var`` at every pixel of the last layer. The border
+    pixels lose the missing taps' share. Per layer, the fields are pixel averages (the
+    statistics pool pixels): q, E[phi^2] and the gradient variances are means over pixels,
+    ``post_var = mean_p E[phi^2] - (mean_p E[phi])^2``. With ``c0`` the correlation is the
+    border-free c-map of :func:`predict`; the weight-gradient variance is not modelled (NaN).
+    """
+    w2, b2 = _per_layer(sigma_w2, depth), _per_layer(sigma_b2, depth)
+    back = w2 if backward_w2 is None else _per_layer(backward_w2, depth)
+    shape = (depth, image_size, image_size)
+    q, mean, second, dsecond = (np.full(shape, math.inf) for _ in range(4))
+    previous = np.full(shape[1:], float(input_second_moment))
+    for layer in range(depth):
+        q[layer] = w2[layer] * _tap_mean(previous, kernel_size) + b2[layer]
+        if not q[layer].max() < 1e300:  # past the float range: nothing more to predict
+            q[layer] = math.inf
+            break
+        mean[layer], second[layer], dsecond[layer] = _moment_maps(act, q[layer], slope)
+        previous = second[layer]
+    grad_post, grad_pre = np.empty(shape), np.empty(shape)
+    grad_post[-1] = cotangent_var
+    with np.errstate(invalid="ignore", over="ignore"):
+        for layer in range(depth - 1, -1, -1):
+            if layer < depth - 1:
+                grad_post[layer] = back[layer + 1] * _tap_mean(grad_pre[layer + 1], kernel_size)
+            grad_pre[layer] = dsecond[layer] * grad_post[layer]
+        pixel_mean = lambda a: a.mean(axis=(1, 2))  # noqa: E731
+        post_var = pixel_mean(second) - pixel_mean(mean) ** 2
+        chi = w2 * pixel_mean(dsecond)
+    correlation = None
+    if c0 is not None:
+        correlation = predict(act, w2, b2, depth, slope, input_second_moment, c0=c0).correlation
+    return Prediction(pixel_mean(q), pixel_mean(mean), pixel_mean(second), post_var, chi,
+                      pixel_mean(grad_post), pixel_mean(grad_pre), np.full(depth, np.nan),
+                      correlation)
+
+
 # --- fixed points, depth scales, criticality ---------------------------------------------
 
 def _steffensen(g: Callable[[float], float], x: float, tol: float, max_iter: int,
