@@ -81,6 +81,38 @@ def test_c_map_against_the_arc_cosine_kernel():
         theory.moments("tanh", 1.3)[1], abs=1e-12)
 
 
+def _relu_kernel(q, c):
+    """E[relu(u1) relu(u2)], the arc-cosine kernel of degree 1 (Cho & Saul 2009), written
+    without cancellation near c = +-1: pi - acos(c) = acos(-c), 1 - c^2 = (1 - c)(1 + c)."""
+    return q / (2 * math.pi) * (math.sqrt((1 - c) * (1 + c)) + math.acos(-c) * c)
+
+
+NEAR_ONE = [sign * (1 - m * 10.0**-e) for e in range(1, 11) for m in (1, 3) for sign in (1, -1)]
+
+
+@pytest.mark.parametrize("act, slope", [("relu", None), ("leaky_relu", 0.01), ("prelu", 0.25),
+                                        ("prelu", -0.5)])
+def test_c_map_of_rectifiers_near_c_one_matches_the_closed_form_to_1e14(act, slope):
+    # phi(x) = a x + (1 - a) relu(x) and E[u1 relu(u2)] = c q / 2, so
+    # E[phi(u1) phi(u2)] = a q c + (1 - a)^2 * the ReLU kernel. The bend the inner average
+    # makes of the kink has width sqrt(1 - c^2): 1 - c from 1e-1 to 1e-10 (and c near -1)
+    # tests its breakpoints; unresolved it cost 5.9e-9 (ReLU, 1 - c = 2e-5).
+    a = 0.0 if slope is None else slope
+    for q in (0.5, 2.0, 1e4):
+        for c in NEAR_ONE:
+            exact = a * q * c + (1 - a) ** 2 * _relu_kernel(q, c)
+            assert theory.correlation_product(act, q, q, c, slope) == pytest.approx(exact, abs=1e-14 * q)
+
+
+def test_selu_c_map_near_c_one_to_1e14():
+    # 30-digit values at q = 1: the inner mean of SELU in closed form (erfc, exp), the outer
+    # integral by mpmath's adaptive quadrature split at the bend
+    reference = {2: 0.9893602184730145, 4: 0.9998929177029569, 6: 0.9999989285001074,
+                 8: 0.9999999892843251, 10: 0.9999999998928426}
+    for e, value in reference.items():
+        assert theory.correlation_product("selu", 1.0, 1.0, 1 - 10.0**-e) == pytest.approx(value, abs=1e-14)
+
+
 def test_fixed_points_and_depth_scales():
     ordered = theory.depth_scales("tanh", 1.5, 0.05)
     assert ordered["c_star"] == 1.0
@@ -229,3 +261,32 @@ def test_theory_options_are_validated(overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         settings(cfg(*overrides))
+
+
+def test_zero_padding_loses_the_missing_taps_share():
+    # layer 1 of a 3x3 'same' conv on 16x16 standard-normal inputs: an edge row/column sees
+    # 2 of 3 taps, so each dimension keeps on average 1 - 2 (1/3) / 16 = 23/24 of the input
+    biased = theory.predict_conv("relu", 2.0, 0.1, 1, image_size=16, kernel_size=3)
+    assert biased.q[0] == pytest.approx(2.0 * (23 / 24) ** 2 + 0.1, rel=1e-12)
+    predicted = theory.predict_conv("relu", 2.0, 0.0, 24, image_size=16, kernel_size=3)
+    loss = 1 - predicted.q[1:] / predicted.q[:-1]  # per layer: 5.7% at layer 2, 2.5% at 24
+    assert np.all(np.diff(loss) < 0) and 0.02 < loss[-1] < 0.03
+    pointwise = theory.predict_conv("tanh", 1.5, 0.05, 5, image_size=7, kernel_size=1)
+    flat = theory.predict("tanh", 1.5, 0.05, 5)  # 1x1 convolutions: no border, the MLP's
+    for field in ("q", "post_var", "chi", "grad_pre_var"):
+        np.testing.assert_allclose(getattr(pointwise, field), getattr(flat, field), rtol=1e-12)
+
+
+def test_wide_cnn_follows_the_padded_recursion():
+    # 256 channels on 4x4 images, where the borders are most of the image. Measured over 16
+    # trials, the per-trial sd of ln(var) is 0.08-0.11 for activations and 0.12-0.14 for
+    # gradients (the head's 10 outputs make the cotangent noisy), layers 1-4; the mean of 8
+    # trials scatters by 0.14 / sqrt(8) = 0.05, and we allow 0.2 (4 sd). Ignoring the borders
+    # is off by 1.36x (layer 1) to 3.3x (layer 4) forward and 2.5x backward at layer 1.
+    frame = propbench.run(cfg("model=cnn", "act=relu", "init=kaiming", "depth=4", "width=256",
+                              "batch_size=8", "trials=8", "model.image_size=4"))
+    for quantity, site in (("activation", "post"), ("activation", "pre"), ("gradient", "pre")):
+        assert np.all(deviation(frame, quantity, site) < 0.2), (quantity, site)
+    flat = theory.predict("relu", 2.0, 0.0, 4)
+    rows = frame[(frame.quantity == "activation") & (frame.site == "post")]
+    assert np.all(rows.groupby("layer")["var"].mean().to_numpy() * 1.3 < flat.post_var)
