@@ -33,9 +33,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-# (name, depth, width, batch, probe/bare target) per device type
+# The inits a case is timed with: a stable signal, PyTorch's default (the gradient vanishes
+# to ~1e-40, subnormal), and one that overflows float32 part way.
+INITS = {"kaiming": ("init=kaiming",), "default": ("init=default",),
+         "normal std=3": ("init=normal", "init.std=3")}
+# (name, depth, width, batch, probe/bare target) per device type; each case with every init
 CASES = {
-    "cpu": [("mlp d50 w1024 b256", 50, 1024, 256, 1.10), ("mlp d50 w256 b256", 50, 256, 256, None)],
+    "cpu": [("mlp d50 w1024 b256", 50, 1024, 256, 1.10), ("mlp d50 w256 b256", 50, 256, 256, 1.30)],
     "cuda": [("mlp d50 w1024 b1024", 50, 1024, 1024, 1.10), ("mlp d50 w256 b256", 50, 256, 256, 1.25)],
 }
 # (trials, depth, width, batch) probed sequentially and stacked; the speed-up target per device
@@ -43,7 +47,6 @@ TRIALS_CASE = (32, 50, 256, 256)
 TRIALS_SPEEDUP_TARGET = {"cuda": 8.0, "cpu": None}
 MEMORY_TARGET = 1.05
 STARTUP_TARGET_S = 1.5
-SWEEP_JOB_TARGET_S = 0.5
 JOBLIB_SPEEDUP_TARGET = 1.6
 
 
@@ -57,12 +60,13 @@ class Row:
     ok: Optional[bool] = None
 
 
-def _setup(depth: int, width: int, batch: int, device: Any) -> tuple[Any, Any, Any]:
+def _setup(depth: int, width: int, batch: int, device: Any,
+           init: tuple[str, ...] = INITS["kaiming"]) -> tuple[Any, Any, Any]:
     import torch
 
     from propbench import build_model, compose
 
-    model = build_model(compose([f"depth={depth}", f"width={width}", "init=kaiming"])).to(device)
+    model = build_model(compose([f"depth={depth}", f"width={width}", *init])).to(device)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, width, generator=generator).to(device)
     g = torch.randn(batch, width, generator=generator).to(device)
@@ -114,9 +118,10 @@ def seconds(fn: Callable[[], Any], device: Any) -> float:
     return time.perf_counter() - start
 
 
-def time_case(depth: int, width: int, batch: int, device: Any, repeats: int) -> dict[str, float]:
+def time_case(depth: int, width: int, batch: int, device: Any, repeats: int,
+              init: tuple[str, ...] = INITS["kaiming"]) -> dict[str, float]:
     """Median seconds per variant, interleaved (the order rotates every repeat)."""
-    model, x, g = _setup(depth, width, batch, device)
+    model, x, g = _setup(depth, width, batch, device, init)
     variants = _variants(model, x, g)
     names = list(variants)
     for name in names:  # warm-up
@@ -259,8 +264,7 @@ def sweep_rows() -> list[Row]:
                            cwd=scratch, capture_output=True, check=True)
             wall[launcher] = time.perf_counter() - start
     per_job, speedup = wall["basic"] / 24, wall["basic"] / wall["joblib"]
-    return [Row("sweep 24 x (d5 w32)", "basic launcher, per job", per_job, "s",
-                f"<= {SWEEP_JOB_TARGET_S} s", per_job <= SWEEP_JOB_TARGET_S),
+    return [Row("sweep 24 x (d5 w32)", "basic launcher, per job", per_job, "s"),
             Row("sweep 24 x (d5 w32)", "joblib(2) speed-up over basic", speedup, "x",
                 f">= {JOBLIB_SPEEDUP_TARGET}", speedup >= JOBLIB_SPEEDUP_TARGET)]
 
@@ -271,13 +275,15 @@ def run(device_name: str = "auto", repeats: int = 15, sweeps: bool = True) -> li
     device = resolve_device(device_name)
     rows: list[Row] = []
     for name, depth, width, batch, target in CASES[device.type]:
-        t = time_case(depth, width, batch, device, repeats)
-        rows.append(Row(name, "bare forward+backward", t["bare"] * 1e3, "ms"))
-        for variant in ("probe", "naive"):
-            ratio = t[variant] / t["bare"]
-            goal = target if variant == "probe" else None
-            rows.append(Row(name, f"{variant}/bare time", ratio, "x",
-                            f"<= {goal}" if goal else None, ratio <= goal if goal else None))
+        for init_name, init in INITS.items():
+            t = time_case(depth, width, batch, device, repeats, init)
+            case = f"{name} {init_name}"
+            rows.append(Row(case, "bare forward+backward", t["bare"] * 1e3, "ms"))
+            for variant in ("probe", "naive"):
+                ratio = t[variant] / t["bare"]
+                goal = target if variant == "probe" else None
+                rows.append(Row(case, f"{variant}/bare time", ratio, "x",
+                                f"<= {goal}" if goal else None, ratio <= goal if goal else None))
         memory = memory_case(depth, width, batch, device)
         ratio = memory["probe"] / memory["bare"]
         rows.append(Row(name, "probe/bare peak memory", ratio, "x", f"<= {MEMORY_TARGET}",

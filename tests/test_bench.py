@@ -2,14 +2,19 @@
 
 import torch
 
-from propbench.bench import Row, memory_case, table, time_case
+from propbench.bench import INITS, Row, memory_case, table, time_case
 
 
 def test_every_variant_is_timed_and_measured():
-    times = time_case(depth=3, width=16, batch=8, device=torch.device("cpu"), repeats=2)
+    times = time_case(depth=3, width=16, batch=8, device=torch.device("cpu"), repeats=2,
+                      init=INITS["normal std=3"])
     assert set(times) == {"bare", "probe", "naive"} and all(t > 0 for t in times.values())
-    memory = memory_case(depth=3, width=64, batch=32, device=torch.device("cpu"))
-    assert set(memory) == {"bare", "probe"} and all(m >= 0 for m in memory.values())
+    # a pass of 8 blocks at width 512 holds ~25 MB of activations: a fresh process's peak
+    # rises by at least that, probed or bare, and the probe adds no copy of them
+    memory = memory_case(depth=8, width=512, batch=512, device=torch.device("cpu"))
+    assert set(memory) == {"bare", "probe"}
+    assert all(m > 20e6 for m in memory.values()), memory
+    assert memory["probe"] < 1.5 * memory["bare"]
 
 
 def test_table_shows_targets_and_misses():
