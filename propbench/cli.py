@@ -43,9 +43,13 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as err:
         raise ConfigError(first_line(err)) from None
+    try:  # the first value of each sweep, as in the first job, for Hydra's mode and params
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+                 if o.is_sweep_override() else o.input_line for o in parsed]
+    except HydraException:  # a glob or an interval: only Hydra's sweeper lists its values
+        return None
+    base = compose(first, return_hydra_config=True)
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-    base = compose([o.input_line for o in parsed if not o.is_sweep_override()],
-                   return_hydra_config=True)
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
     if not (set(argv) & set(_MULTIRUN_FLAGS) or base.hydra.mode == RunMode.MULTIRUN):
         if sweeps:
@@ -56,7 +60,9 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
         jobs = plan_jobs({k: str(v) for k, v in params.items()}, task)
     except ConfigError:
         return None
-    return {frozenset(job): settings(compose(job)) for job in jobs}
+    first_job = frozenset(line for line, o in zip(first, parsed) if not o.is_hydra_override())
+    return {frozenset(job): settings(base if frozenset(job) == first_job else compose(job))
+            for job in jobs}
 
 
 def _checkable(argv: list[str]) -> bool:
