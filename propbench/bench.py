@@ -11,7 +11,7 @@ interleaved, after warm-up, and are reported as medians over repeats:
 Peak memory of ``bare`` and ``probe`` is the CUDA allocator's peak, or on the CPU the rise
 of the peak resident memory over the set-up, measured in fresh subprocesses (the median of
 three per variant).
-The start-up of the CLI and the cost of lean sweeps are timed too. Each row has the target
+The start-up of the CLI and the cost of a sweep of tiny jobs are timed too. Each row has the target
 it is held to and whether it met it; the table is printed and written as CSV. Ratios are
 the figures to quote: absolute times hold only for the device they were taken on.
 """
@@ -43,7 +43,6 @@ TRIALS_CASE = (32, 50, 256, 256)
 TRIALS_SPEEDUP_TARGET = {"cuda": 8.0, "cpu": None}
 MEMORY_TARGET = 1.05
 STARTUP_TARGET_S = 1.5
-SWEEP_JOB_TARGET_S = 0.5
 JOBLIB_SPEEDUP_TARGET = 1.6
 
 
@@ -259,8 +258,7 @@ def sweep_rows() -> list[Row]:
                            cwd=scratch, capture_output=True, check=True)
             wall[launcher] = time.perf_counter() - start
     per_job, speedup = wall["basic"] / 24, wall["basic"] / wall["joblib"]
-    return [Row("sweep 24 x (d5 w32)", "basic launcher, per job", per_job, "s",
-                f"<= {SWEEP_JOB_TARGET_S} s", per_job <= SWEEP_JOB_TARGET_S),
+    return [Row("sweep 24 x (d5 w32)", "basic launcher, per job", per_job, "s"),
             Row("sweep 24 x (d5 w32)", "joblib(2) speed-up over basic", speedup, "x",
                 f">= {JOBLIB_SPEEDUP_TARGET}", speedup >= JOBLIB_SPEEDUP_TARGET)]
 
