@@ -27,20 +27,10 @@ from propbench.inits import INITS, DefaultInit, InitConfig, parameters
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-class Norm(Enum):
-    none = "none"
-    batchnorm = "batchnorm"
-
-
-class Pool(Enum):
-    none = "none"
-    max = "max"
-    avg = "avg"
-
-
-class DType(Enum):
-    float32 = "float32"
-    float64 = "float64"
+# the choices of the enum-typed keys; OmegaConf refuses anything else, naming these
+Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
+Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
+DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:

@@ -44,20 +44,13 @@ from propbench.activations import kaiming_gain
 from propbench.errors import ConfigError, choose
 
 
-class Mode(Enum):
-    fan_in = "fan_in"  # preserves the forward variance
-    fan_out = "fan_out"  # preserves the backward variance
-
-
-class Distribution(Enum):
-    normal = "normal"
-    uniform = "uniform"
-    orthogonal = "orthogonal"
-
-
-class BiasInit(Enum):
-    zeros = "zeros"
-    default = "default"  # PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+# the choices of the enum-typed keys; OmegaConf refuses anything else, naming these.
+# fan_in preserves the forward variance, fan_out the backward one; a default bias is
+# PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+Mode = Enum("Mode", {v: v for v in ("fan_in", "fan_out")}, module=__name__)
+Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal")},
+                    module=__name__)
+BiasInit = Enum("BiasInit", {v: v for v in ("zeros", "default")}, module=__name__)
 
 
 def fan(mode: str, fan_in: float, fan_out: float) -> float:
@@ -198,14 +191,6 @@ class XavierInit(InitConfig):
 
 
 @dataclass
-class XavierUniformInit(XavierInit):
-    """Xavier's variance, uniform."""
-
-    name: str = "xavier_uniform"
-    distribution: ClassVar[str] = "uniform"
-
-
-@dataclass
 class KaimingInit(InitConfig):
     """He et al. (2015): N(0, gain^2 / fan_mode); gain null: the activation's Kaiming gain."""
 
@@ -221,12 +206,16 @@ class KaimingInit(InitConfig):
         return Law.of_variance(self.distribution, gain**2 / fan(self.mode.value, fan_in, fan_out))
 
 
-@dataclass
-class KaimingUniformInit(KaimingInit):
-    """Kaiming's variance, uniform."""
+def _uniform(scheme: type[InitConfig]) -> type[InitConfig]:
+    """The option ``<scheme>_uniform``: the scheme's variance, drawn from a uniform law."""
+    name = scheme.__name__.replace("Init", "UniformInit")
+    return dataclass(type(name, (scheme,), {
+        "__annotations__": {"name": "str"}, "name": f"{scheme.name}_uniform",
+        "distribution": "uniform", "__module__": __name__, "__qualname__": name,
+        "__doc__": f"{scheme.__doc__.splitlines()[0]} Drawn uniform, same variance."}))
 
-    name: str = "kaiming_uniform"
-    distribution: ClassVar[str] = "uniform"
+
+XavierUniformInit, KaimingUniformInit = _uniform(XavierInit), _uniform(KaimingInit)
 
 
 @dataclass

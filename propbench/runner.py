@@ -65,7 +65,7 @@ def run(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
     :class:`propbench.PropbenchConfig`, or a :class:`Setup`.
 
     >>> import propbench
-    >>> result = propbench.run(propbench.compose(["depth=5", "width=64"]))
+    >>> result = propbench.run(propbench.compose(["depth=5", "width=64", "init=kaiming"]))
     >>> sorted(result.frame.quantity.unique()), result.summary["activation"]["verdict"]
     (['activation', 'gradient'], 'stable')
     """
