@@ -277,6 +277,7 @@ def settings(cfg: Any) -> PropbenchConfig:
     """The validated, typed config of a composed ``cfg`` (a PropbenchConfig is returned as
     it is: it was validated when built)."""
     from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
     if isinstance(cfg, PropbenchConfig):
         return cfg
@@ -291,7 +292,10 @@ def settings(cfg: Any) -> PropbenchConfig:
         cfg = cfg.copy()
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time interpolations cannot resolve here
-    return OmegaConf.to_object(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve
+        raise ConfigError(first_line(err)) from None
 
 
 # --- composition errors as one line -------------------------------------------------------
