@@ -71,7 +71,7 @@ BAD = [
     (["depth=10,20"], "a list of values is a sweep; add -m"),
     (["~bias"], "bias: required (it was deleted)"),
     (["-m", "act=relu,nope"], "act=nope: no such option"),
-    # further sweep values are set on the composed base, and checked as strictly
+    # every job of a sweep is composed and checked on its own, as strictly
     (["-m", "seed=0,x"], "seed=x: Value 'x' of type 'str' could not be converted to Integer"),
     (["-m", "depth=5,-1"], "depth=-1: must be >= 1"),
     (["-m", "trials=2", "trial_batch=1,0"], "trial_batch=0: must be >= 1"),

@@ -106,8 +106,6 @@ def test_cnn_kaiming_fan_in_keeps_forward_and_default_loses_six_fold():
 
 
 def test_float64_extends_the_range_before_overflow():
-    from propbench.verdict import summarize
-
     common = ("init=normal", "init.std=3", "depth=120", "width=64", "batch_size=32")
     f32 = propbench.run(cfg(*common)).summary["activation"]["first_nonfinite_layer"]
     f64 = propbench.run(cfg(*common, "dtype=float64")).summary["activation"]["first_nonfinite_layer"]
