@@ -11,7 +11,7 @@ interleaved, after warm-up, and are reported as medians over repeats:
 Peak memory of ``bare`` and ``probe`` is the CUDA allocator's peak, or on the CPU the rise
 of the peak resident memory over the set-up, measured in fresh subprocesses (the median of
 three per variant).
-The start-up of the CLI and the cost of lean sweeps are timed too. Each row has the target
+The start-up of the CLI and the cost of a sweep of tiny jobs are timed too. Each row has the target
 it is held to and whether it met it; the table is printed and written as CSV. Ratios are
 the figures to quote: absolute times hold only for the device they were taken on.
 """

@@ -1,68 +1,70 @@
-"""Structured-config schemas, registered in Hydra's ConfigStore, and their range checks.
+"""The config: typed dataclass schemas, the config groups generated from the registries, and
+the one door from a composed config to a validated :class:`PropbenchConfig`.
 
 Types and choices are enforced by OmegaConf when Hydra composes the config (``depth=abc``,
-``init.mode=sideways``); ranges and cross-field rules by :func:`validate`. Nothing here
-imports torch, so a bad override is rejected in well under a second.
+``init.mode=sideways``); ranges and cross-field rules when the dataclass is built
+(:meth:`PropbenchConfig.__post_init__`). The options of the groups ``model``, ``act`` and
+``init`` are stored in Hydra's ConfigStore from :data:`MODELS`,
+:data:`propbench.activations.ACTIVATIONS` and :data:`propbench.inits.INITS`: a new model,
+activation or scheme is an entry there, nothing here. Nothing here imports torch, so a bad
+override is rejected in well under a second.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-
-from propbench.errors import ConfigError
+from propbench.activations import ACTIVATIONS
+from propbench.errors import ConfigError, first_line
+from propbench.inits import INITS, DefaultInit, InitConfig, parameters
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
-class Norm(Enum):
-    none = "none"
-    batchnorm = "batchnorm"
+# the choices of the enum-typed keys; OmegaConf refuses anything else, naming these
+Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
+Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
+DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 
 
-class Pool(Enum):
-    none = "none"
-    max = "max"
-    avg = "avg"
-
-
-class Mode(Enum):
-    fan_in = "fan_in"
-    fan_out = "fan_out"
-
-
-class DType(Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Distribution(Enum):
-    normal = "normal"
-    uniform = "uniform"
-    orthogonal = "orthogonal"
-
-
-class BiasInit(Enum):
-    zeros = "zeros"
-    default = "default"  # keep PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value}: must be >= {low}")
 
 
 @dataclass
 class ModelConfig:
+    """What every model has; each option ``model=NAME`` extends it (see :data:`MODELS`)."""
+
     name: str = "mlp"
     norm: Norm = Norm.none  # BatchNorm after each Linear/Conv, before the activation
+
+    def check(self) -> None:
+        """Range checks of this model's keys (ConfigError, one line)."""
+
+    def footprint(self) -> tuple[int, int]:
+        """(weight elements per width^2, activation elements per unit of width) of a block,
+        for the memory estimate."""
+        return 1, 1
+
+    def theory_gap(self) -> Optional[str]:
+        """Why the mean-field recursion does not describe this model, or None."""
+        if self.norm == Norm.batchnorm:
+            return "BatchNorm normalizes with batch statistics; the mean-field recursion does not model it"
+        return None
 
 
 @dataclass
 class MLPConfig(ModelConfig):
     """``depth`` blocks of Linear(width, width) -> [BatchNorm1d] -> activation."""
+
+    name: str = "mlp"
 
 
 @dataclass
@@ -81,62 +83,32 @@ class CNNConfig(ModelConfig):
     channel_growth: int = 1  # channels by channel_growth (1: a fixed number of channels)
     num_classes: int = 10  # outputs of the linear head
 
+    def check(self) -> None:
+        for key in ("in_channels", "image_size", "kernel_size", "num_classes", "channel_growth"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        _at_least("model.stage_every", self.stage_every, 0)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"model.kernel_size={self.kernel_size}: must be odd")
+
+    def footprint(self) -> tuple[int, int]:
+        # channel growth and pooling trade channels for pixels; the first stage bounds both
+        return self.kernel_size**2 * self.channel_growth**2, self.image_size**2
+
+    def theory_gap(self) -> Optional[str]:
+        if self.stage_every > 0 and self.pool != Pool.none:
+            return "pooling mixes positions; the mean-field recursion does not model it"
+        return super().theory_gap()
+
+
+MODELS: dict[str, type[ModelConfig]] = {model.name: model for model in (MLPConfig, CNNConfig)}
+
 
 @dataclass
 class ActConfig:
-    name: str = "relu"
-    # Negative slope of leaky_relu, initial slope `a` of PReLU (PyTorch: 0.25).
+    name: str = "relu"  # a key of propbench.activations.ACTIVATIONS
+    # Negative slope of leaky_relu, initial slope `a` of PReLU (PyTorch: 0.01 and 0.25).
     # Only those two take it; elsewhere it stays null.
     slope: Optional[float] = None
-
-
-@dataclass
-class InitConfig:
-    """Union of the init parameters; a scheme takes only those listed in INIT_PARAMS."""
-
-    name: str = "default"
-    # null: the scheme's own (kaiming: from the activation); a number; or "auto" (kaiming,
-    # xavier): the variance-preserving gain 1/sqrt(E[phi(z)^2]) computed by quadrature
-    gain: Any = None
-    mode: Optional[Mode] = None  # fan_in preserves forward variance, fan_out backward
-    std: Optional[float] = None  # init=normal
-    a: Optional[float] = None  # init=uniform lower bound
-    b: Optional[float] = None  # init=uniform upper bound
-    sigma_w2: Optional[float] = None  # init=scaled: Var(W) = sigma_w2 / fan_mode
-    sigma_b2: Optional[float] = None  # init=scaled: bias ~ N(0, sigma_b2)
-    distribution: Optional[Distribution] = None  # init=scaled: normal | uniform | orthogonal
-    bias: BiasInit = BiasInit.zeros  # every scheme but scaled (whose bias is N(0, sigma_b2))
-
-
-# Which InitConfig fields each scheme reads (besides `name`). The torch side
-# (propbench.inits.INITS) has the same keys; tests check that the two agree.
-INIT_PARAMS: dict[str, tuple[str, ...]] = {
-    "default": ("bias",),
-    "uniform": ("a", "b", "bias"),
-    "normal": ("std", "bias"),
-    "xavier": ("gain", "bias"),
-    "xavier_uniform": ("gain", "bias"),
-    "kaiming": ("gain", "mode", "bias"),
-    "kaiming_uniform": ("gain", "mode", "bias"),
-    "lecun": ("gain", "bias"),
-    "orthogonal": ("gain", "bias"),
-    "scaled": ("sigma_w2", "sigma_b2", "mode", "distribution"),
-}
-
-# Parameters a scheme cannot do without (the others fall back to the scheme's own default).
-INIT_REQUIRED: dict[str, tuple[str, ...]] = {
-    "uniform": ("a", "b"),
-    "normal": ("std",),
-    "kaiming": ("mode",),
-    "kaiming_uniform": ("mode",),
-    "scaled": ("sigma_w2", "sigma_b2", "mode", "distribution"),
-}
-
-# Schemes whose gain may be "auto".
-AUTO_GAIN_SCHEMES = ("kaiming", "kaiming_uniform", "xavier", "xavier_uniform")
-
-# Activations that take `act.slope`; the others must leave it null.
-SLOPED_ACTIVATIONS = ("leaky_relu", "prelu")
 
 
 @dataclass
@@ -163,9 +135,12 @@ class ExperimentConfig:
 
 @dataclass
 class PropbenchConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)  # MLPConfig or CNNConfig
+    """Everything a run needs, validated when built (:func:`settings` builds it from a
+    composed config)."""
+
+    model: ModelConfig = field(default_factory=MLPConfig)
     act: ActConfig = field(default_factory=ActConfig)
-    init: InitConfig = field(default_factory=InitConfig)
+    init: InitConfig = field(default_factory=DefaultInit)
     depth: int = 10  # number of blocks
     width: int = 256  # units (MLP) or channels (CNN) of every block
     batch_size: int = 256
@@ -183,146 +158,100 @@ class PropbenchConfig:
     correlation: Optional[float] = None
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
+    def __post_init__(self) -> None:
+        validate(self)
 
-def register_configs() -> None:
-    """Store the schemas; the YAML files in conf/ extend them via ``/schema/...@_here_``."""
-    cs = ConfigStore.instance()
-    cs.store(name="propbench_schema", node=PropbenchConfig)
-    cs.store(group="schema/model", name="mlp", node=MLPConfig)
-    cs.store(group="schema/model", name="cnn", node=CNNConfig)
-    cs.store(group="schema/act", name="act", node=ActConfig)
-    cs.store(group="schema/init", name="init", node=InitConfig)
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dicts with enums as their values (JSON-ready)."""
+        return asdict(self, dict_factory=lambda items: {
+            k: v.value if isinstance(v, Enum) else v for k, v in items})
 
 
-def group_options(group: str) -> list[str]:
-    """Options of a config group, as the YAML files in conf/<group>/ name them."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
+# group -> (the base every option extends, option name -> the option's schema)
+GROUPS: dict[str, tuple[type, dict[str, Any]]] = {
+    "model": (ModelConfig, MODELS),
+    "act": (ActConfig, {name: ActConfig for name in ACTIVATIONS}),
+    "init": (InitConfig, INITS),
+}
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def _at_least(cfg: Any, key: str, low: int) -> None:
-    value = _get(cfg, key)
-    if value < low:
-        raise ConfigError(f"{key}={value}: must be >= {low}")
+def group_options(group: str) -> list[str]:
+    """The options of a config group, sorted."""
+    return sorted(GROUPS[group][1])
 
 
-def _get(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
+def _option(group: str, value: Any) -> None:
+    """``value`` must be the schema of the option its ``name`` names."""
+    options = GROUPS[group][1]
+    if value.name not in options:
+        raise ConfigError(f"{group}.name={value.name}: choose one of {', '.join(options)}")
+    if type(value) is not options[value.name]:
+        raise ConfigError(f"{group}.name={value.name}: choose the option as {group}={value.name}")
 
 
-def _finite(cfg: Any, key: str, positive: bool = False) -> None:
-    value = _get(cfg, key)
-    if value is None:
-        return
-    if not math.isfinite(value) or (positive and value <= 0):
-        what = "a finite number > 0" if positive else "a finite number"
-        raise ConfigError(f"{key}={value}: must be {what}")
+def _check_slope(act: ActConfig) -> None:
+    takes = [name for name, spec in ACTIVATIONS.items() if spec.slope is not None]
+    if act.name in takes:
+        if act.slope is None or not math.isfinite(act.slope) or act.slope < 0:
+            raise ConfigError(f"act.slope={act.slope}: {act.name} needs a finite slope >= 0")
+    elif act.slope is not None:
+        raise ConfigError(f"act.slope={act.slope}: only {' and '.join(takes)} take a slope")
 
 
-def _check_gain(gain: Any, scheme: str) -> None:
-    if gain is None:
-        return
-    if gain == "auto":
-        if scheme not in AUTO_GAIN_SCHEMES:
-            raise ConfigError(f"init.gain=auto: only {', '.join(AUTO_GAIN_SCHEMES)} take it")
-        return
-    try:
-        value = float(gain)
-    except (TypeError, ValueError):
-        raise ConfigError(f"init.gain={gain}: must be a number > 0, auto or null") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"init.gain={gain}: must be a finite number > 0 (or auto)")
-
-
-def _require_all_keys(cfg: Any) -> None:
-    """A key deleted with ~KEY must come back: every schema field is needed."""
-    from dataclasses import fields
-
-    groups = {"model": ModelConfig, "act": ActConfig, "init": InitConfig}
-    for f in fields(PropbenchConfig):
-        if f.name not in cfg and f.name != "experiment":
-            raise ConfigError(f"{f.name}: required (it was deleted); set it, e.g. {f.name}=...")
-    for group, schema in groups.items():
-        for f in fields(schema):
-            if f.name not in cfg[group]:
-                raise ConfigError(f"{group}.{f.name}: required (it was deleted)")
-
-
-def validate(cfg: Any) -> None:
+def validate(s: PropbenchConfig) -> None:
     """Range and cross-field checks that types alone cannot express.
 
     Raises ConfigError with one line naming the key, the bad value and what is allowed.
     """
-    _require_all_keys(cfg)
     for key in ("depth", "width", "batch_size", "trials"):
-        _at_least(cfg, key, 1)
-    _at_least(cfg, "seed", 0)
-    if cfg.trial_batch is not None:
-        _at_least(cfg, "trial_batch", 1)
-    c0 = cfg.correlation
+        _at_least(key, getattr(s, key), 1)
+    _at_least("seed", s.seed, 0)
+    if s.trial_batch is not None:
+        _at_least("trial_batch", s.trial_batch, 1)
+    c0 = s.correlation
     if c0 is not None:
         if not (math.isfinite(c0) and -1 <= c0 <= 1):
             raise ConfigError(f"correlation={c0}: must be between -1 and 1 (or null)")
-        if cfg.batch_size % 2:
-            raise ConfigError(f"batch_size={cfg.batch_size}: correlation needs pairs, so an even batch")
-    if not _DEVICE.match(str(cfg.device)):
-        raise ConfigError(f"device={cfg.device}: choose auto, cpu, cuda or cuda:N")
+        if s.batch_size % 2:
+            raise ConfigError(f"batch_size={s.batch_size}: correlation needs pairs, so an even batch")
+    if not _DEVICE.match(str(s.device)):
+        raise ConfigError(f"device={s.device}: choose auto, cpu, cuda or cuda:N")
+    for group in GROUPS:
+        _option(group, getattr(s, group))
+    s.model.check()
+    _check_slope(s.act)
+    s.init.check()
 
-    models = group_options("model")
-    if cfg.model.name not in models:
-        raise ConfigError(f"model.name={cfg.model.name}: choose one of {', '.join(models)}")
-    if cfg.model.name == "cnn":
-        for key in ("in_channels", "image_size", "kernel_size", "num_classes", "channel_growth"):
-            _at_least(cfg, f"model.{key}", 1)
-        _at_least(cfg, "model.stage_every", 0)
-        if cfg.model.kernel_size % 2 == 0:
-            raise ConfigError(f"model.kernel_size={cfg.model.kernel_size}: must be odd")
 
-    acts = group_options("act")
-    if cfg.act.name not in acts:
-        raise ConfigError(f"act.name={cfg.act.name}: choose one of {', '.join(acts)}")
-    if cfg.act.name in SLOPED_ACTIVATIONS:
-        slope = cfg.act.slope
-        if slope is None or not math.isfinite(slope) or slope < 0:
-            raise ConfigError(
-                f"act.slope={slope}: {cfg.act.name} needs a finite slope >= 0"
-            )
-    elif cfg.act.slope is not None:
-        raise ConfigError(
-            f"act.slope={cfg.act.slope}: only {' and '.join(SLOPED_ACTIVATIONS)} take a slope"
-        )
+def _schema() -> Any:
+    """PropbenchConfig as Hydra's base config. Its groups start as their bases: an option
+    is merged onto what is there, which needs it to extend that."""
+    from omegaconf import OmegaConf
 
-    scheme = cfg.init.name
-    if scheme not in INIT_PARAMS:
-        raise ConfigError(f"init.name={scheme}: choose one of {', '.join(INIT_PARAMS)}")
-    takes = INIT_PARAMS[scheme]
-    for key in ("gain", "mode", "std", "a", "b", "sigma_w2", "sigma_b2", "distribution"):
-        if key not in takes and getattr(cfg.init, key) is not None:
-            raise ConfigError(
-                f"init.{key}={getattr(cfg.init, key)}: init={scheme} takes only "
-                f"{', '.join(takes)}"
-            )
-    for key in INIT_REQUIRED.get(scheme, ()):
-        if getattr(cfg.init, key) is None:
-            raise ConfigError(f"init.{key}=null: init={scheme} needs a value for it")
-    _check_gain(cfg.init.gain, scheme)
-    _finite(cfg, "init.std", positive=True)
-    _finite(cfg, "init.sigma_w2", positive=True)
-    if cfg.init.sigma_b2 is not None and not (math.isfinite(cfg.init.sigma_b2) and cfg.init.sigma_b2 >= 0):
-        raise ConfigError(f"init.sigma_b2={cfg.init.sigma_b2}: must be a finite number >= 0")
-    _finite(cfg, "init.a")
-    _finite(cfg, "init.b")
-    if scheme == "uniform" and not cfg.init.a < cfg.init.b:
-        raise ConfigError(f"init.a={cfg.init.a}, init.b={cfg.init.b}: need a < b")
+    schema = OmegaConf.structured(PropbenchConfig)
+    for group, (base, _) in GROUPS.items():
+        schema[group] = base()
+    return schema
+
+
+def register_configs() -> None:
+    """Store the base config and every option of every group in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="propbench_schema", node=_schema())
+    for name, model in MODELS.items():
+        cs.store(group="model", name=name, node=model())
+    for name, spec in ACTIVATIONS.items():
+        cs.store(group="act", name=name, node=ActConfig(name, spec.slope))
+    for name, scheme in INITS.items():
+        cs.store(group="init", name=name, node=scheme())
 
 
 def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = False) -> Any:
-    """The config ``python -m propbench OVERRIDES...`` would run, as an OmegaConf DictConfig.
+    """The config ``python -m propbench OVERRIDES...`` would run, as an OmegaConf DictConfig;
+    a mistake raises ConfigError with one line.
 
     >>> from propbench import compose
     >>> compose(["depth=20", "act=tanh"]).act.name
@@ -330,32 +259,94 @@ def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = F
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    overrides = list(overrides or [])
     register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="propbench"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []),
-                             return_hydra_config=return_hydra_config)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR),
+                                   job_name="propbench"):
+            return hydra_compose(config_name="config", overrides=overrides,
+                                 return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain(err, overrides)) from None
 
 
-def settings(cfg: Any) -> SimpleNamespace:
-    """Validate ``cfg`` (DictConfig, PropbenchConfig or dict) and return it as plain nested
-    namespaces with enums as strings -- what the torch side reads."""
-    from omegaconf import DictConfig, OmegaConf
+def settings(cfg: Any) -> PropbenchConfig:
+    """The validated, typed config of a composed ``cfg`` (a PropbenchConfig is returned as
+    it is: it was validated when built)."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
 
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.structured(cfg) if is_dataclass(cfg) else OmegaConf.create(cfg)
-    validate(cfg)
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    plain.pop("hydra", None)
-    return _namespace(plain)
+    if isinstance(cfg, PropbenchConfig):
+        return cfg
+    for f in fields(PropbenchConfig):  # a key deleted with ~KEY must come back
+        if f.name not in cfg and f.name != "experiment":
+            raise ConfigError(f"{f.name}: required (it was deleted); set it, e.g. {f.name}=...")
+    for group in GROUPS:
+        for f in fields(OmegaConf.get_type(cfg[group])):
+            if f.name not in cfg[group]:
+                raise ConfigError(f"{group}.{f.name}: required (it was deleted)")
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]  # its job-time interpolations cannot resolve here
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve
+        raise ConfigError(first_line(err)) from None
 
 
-def _namespace(value: Any) -> Any:
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k: _namespace(v) for k, v in value.items()})
-    return value
+# --- composition errors as one line -------------------------------------------------------
+
+def _known_keys() -> list[str]:
+    """Every key of the schemas: top level, and each group's keys over all its options."""
+    keys = [f.name for f in fields(PropbenchConfig)]
+    for group, (_, options) in GROUPS.items():
+        keys += dict.fromkeys(f"{group}.{f.name}" for option in options.values() for f in fields(option))
+    return keys
 
 
-def as_dict(ns: SimpleNamespace) -> dict:
-    """Inverse of :func:`settings`' namespaces: nested plain dicts (JSON-ready)."""
-    return {k: as_dict(v) if isinstance(v, SimpleNamespace) else v for k, v in vars(ns).items()}
+def _suggest(key: str) -> str:
+    """'; did you mean depth?' for dept, '; did you mean model.norm?' for norm, or ''."""
+    known = _known_keys()
+    nested = [k for k in known if k.endswith("." + key)]
+    close = nested or difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _culprit(err: BaseException, overrides: list[str]) -> str:
+    """The override an error is about (Hydra names it in its message), or ''."""
+    text = str(err)
+    return next((o for o in overrides if o in text), "")
+
+
+def explain(err: BaseException, overrides: list[str]) -> str:
+    """Hydra's and OmegaConf's multi-line composition errors as one line."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        options = [o for o in (err.options or []) if not o.startswith("_")]
+        if group and options:
+            return f"{group}={option}: no such option; choose one of {', '.join(options)}"
+        return first_line(err)
+    override = _culprit(err, overrides)
+    cause = err.__cause__ or err
+    key = getattr(cause, "full_key", None) or override.split("=", 1)[0].lstrip("+~")
+    value = override.split("=", 1)[1] if "=" in override else ""
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        group, option = key.partition(".")[0], getattr(cause, "object_type", None)
+        names = [n for n, o in GROUPS.get(group, (None, {}))[1].items() if o is option]
+        if len(names) == 1:  # a key another option of the group has
+            return f"{key}={value}: {group}={names[0]} takes only {', '.join(parameters(option))}"
+        return f"{key}: unknown key{_suggest(key)}"
+    if isinstance(cause, ValidationError):
+        option = getattr(cause, "object_type", None)
+        group = key.partition(".")[0]
+        if value == "null" and group in GROUPS and option is not None:
+            return f"{key}=null: {group}={getattr(option, 'name', group)} needs a value for it"
+        return f"{key}={value}: {first_line(cause)}"
+    return f"{override}: {first_line(err)}" if override else first_line(err)

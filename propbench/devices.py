@@ -6,10 +6,12 @@ import os
 import platform
 from typing import Any
 
+from propbench.activations import ACTIVATIONS
+from propbench.config import DType, Norm
 from propbench.errors import ConfigError
 
 GIB = 2**30
-_ITEMSIZE = {"float32": 4, "float64": 8}
+_ITEMSIZE = {DType.float32: 4, DType.float64: 8}
 
 
 def resolve_device(name: str) -> Any:
@@ -42,10 +44,6 @@ def device_name(device: Any) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-# Activation-sized tensors autograd keeps per block, measured (depth 1000, width 512): the
-# Linear's input and the activation's output for activations that save their output; one
-# more for those that save their input (GELU, SiLU, PReLU); BatchNorm adds two.
-_SAVED_PER_BLOCK = {"gelu": 3, "silu": 3, "prelu": 3}
 _INTERPRETER = 512 * 2**20  # Python, torch, pandas, matplotlib
 
 
@@ -58,17 +56,13 @@ def estimate_bytes(s: Any, trials: int = 1) -> int:
 
 def trial_bytes(s: Any) -> int:
     """One trial's share: the weights once (their gradients are freed as they land), the
-    activations autograd keeps (2-3 per block, +2 with BatchNorm) and a few in flight."""
-    itemsize = _ITEMSIZE[s.dtype]
-    if s.model.name == "cnn":
-        # channel growth and pooling trade channels for pixels; the first stage bounds both
-        k2, pixels = s.model.kernel_size**2 * s.model.channel_growth**2, s.model.image_size**2
-    else:
-        k2, pixels = 1, 1
-    weights = s.depth * (s.width * s.width * k2 + 3 * s.width)
-    saved = _SAVED_PER_BLOCK.get(s.act.name, 2) + (2 if s.model.norm == "batchnorm" else 0)
+    activations autograd keeps (the activation's ``saved_per_block``, +2 with BatchNorm)
+    and a few in flight."""
+    weight_factor, pixels = s.model.footprint()
+    weights = s.depth * (s.width * s.width * weight_factor + 3 * s.width)
+    saved = ACTIVATIONS[s.act.name].saved_per_block + (2 if s.model.norm == Norm.batchnorm else 0)
     activation = s.batch_size * s.width * pixels
-    return itemsize * (weights + s.depth * saved * activation + 4 * activation)
+    return _ITEMSIZE[s.dtype] * (weights + s.depth * saved * activation + 4 * activation)
 
 
 def available_bytes(device: Any) -> int:

@@ -1,5 +1,6 @@
-"""The exception types the CLI turns into a single readable line, and the registry lookup
-that every registry (activations, inits) uses, so each failure names the valid keys."""
+"""The exception types the CLI turns into a single readable line, the registry lookup that
+every registry (activations, inits, models) uses, so each failure names the valid keys, and
+the first line of any error."""
 
 from typing import Mapping, TypeVar
 
@@ -24,3 +25,8 @@ def choose(registry: Mapping[str, T], key: str, what: str) -> T:
         return registry[key]
     except KeyError:
         raise ConfigError(f"{what}={key}: unknown; choose one of {', '.join(registry)}") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of an error's message (its type's name if it has none)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)

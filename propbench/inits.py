@@ -1,5 +1,7 @@
-"""INITS: the one registry of weight-init schemes, all but two thin wrappers over
-:func:`variance_scaling_`.
+"""INITS: the one registry of weight-init schemes. Each scheme is one dataclass: its config
+schema (exactly the parameters it takes; the config group ``init`` is generated from this
+table) and its :class:`Law`, the distribution and scale it draws W from, from which both the
+fill and the theory's ``sigma_w2 = fan_in * Var(W)`` derive. Adding a scheme is one class.
 
 A scheme draws W with ``Var(W) = scale / fan`` (LeCun et al., 1998; Glorot & Bengio, 2010;
 He et al., 2015), where fan is torch's own fan of the weight (in_features, or
@@ -17,11 +19,12 @@ scheme                Var(W)                     preserves
 ``*_uniform`` variants draw U(-sqrt(3) std, sqrt(3) std) with the same variance. With
 ``init.gain`` null, ``kaiming`` takes its gain from the activation
 (:func:`propbench.activations.kaiming_gain`), every other scheme uses 1. Biases are zeroed,
-or left at PyTorch's ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``bias=default``.
+or drawn as PyTorch does, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, with ``bias=default``.
 BatchNorm gets weight 1 and bias 0.
 
 All randomness comes from torch's global generator; :func:`propbench.models.build_model`
-seeds it, so ``init=kaiming`` draws exactly what ``nn.init.kaiming_normal_`` draws.
+seeds it, so ``init=kaiming`` draws exactly what ``nn.init.kaiming_normal_`` draws. This
+module imports torch only when it fills weights (the config checks use its schemas).
 
 >>> import torch
 >>> from propbench.inits import variance_scaling_
@@ -33,173 +36,347 @@ seeds it, so ``init=kaiming`` draws exactly what ``nn.init.kaiming_normal_`` dra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
-
-import torch
-from torch import nn
+from dataclasses import dataclass, fields
+from enum import Enum
+from typing import Any, ClassVar, Optional
 
 from propbench.activations import kaiming_gain
 from propbench.errors import ConfigError, choose
 
-WEIGHTED_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+# the choices of the enum-typed keys; OmegaConf refuses anything else, naming these.
+# fan_in preserves the forward variance, fan_out the backward one; a default bias is
+# PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+Mode = Enum("Mode", {v: v for v in ("fan_in", "fan_out")}, module=__name__)
+Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal")},
+                    module=__name__)
+BiasInit = Enum("BiasInit", {v: v for v in ("zeros", "default")}, module=__name__)
 
 
-def fan(weight: torch.Tensor, mode: str) -> float:
-    """torch's fan of ``weight`` for ``mode`` in fan_in | fan_out | fan_avg."""
-    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+def fan(mode: str, fan_in: float, fan_out: float) -> float:
+    """The fan ``mode`` (fan_in | fan_out | fan_avg) selects from torch's fans of a weight."""
     fans = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}
-    if mode not in fans:
-        raise ConfigError(f"init.mode={mode}: choose one of {', '.join(fans)}")
-    return fans[mode]
-
-
-@torch.no_grad()
-def variance_scaling_(
-    weight: torch.Tensor,
-    scale: float = 1.0,
-    mode: str = "fan_in",
-    distribution: str = "normal",
-) -> torch.Tensor:
-    """Fill ``weight`` in place with ``Var = scale / fan(weight, mode)``.
-
-    ``distribution='normal'`` draws N(0, std^2) and ``'uniform'`` U(-sqrt(3) std, sqrt(3) std)
-    -- the same calls as torch's kaiming_/xavier_ functions, so the same numbers.
-    """
-    std = math.sqrt(scale / fan(weight, mode))
-    if distribution == "normal":
-        return weight.normal_(0.0, std)
-    if distribution == "uniform":
-        bound = math.sqrt(3.0) * std
-        return weight.uniform_(-bound, bound)
-    raise ConfigError(f"distribution={distribution}: choose normal or uniform")
-
-
-# Each scheme: (module, gain, params) -> None, filling module.weight in place.
-Fill = Callable[[nn.Module, float, Any], Any]
-# ... and the per-element weight variance it draws: (fan_in, fan_out, gain, params) -> Var(W),
-# None where the weights are not zero-mean (then no mean-field prediction applies).
-Variance = Callable[[float, float, float, Any], Optional[float]]
+    return choose(fans, mode, "init.mode")
 
 
 @dataclass(frozen=True)
-class Init:
-    fill: Fill
-    variance: Variance
-    gain_from_activation: bool = False  # null gain -> the activation's Kaiming gain
+class Law:
+    """What a tensor is drawn from: ``normal`` N(mean, scale^2), ``uniform``
+    U(mean - scale, mean + scale), or ``orthogonal``, a random orthogonal matrix times scale."""
+
+    distribution: str
+    scale: float
+    mean: float = 0.0
+
+    @classmethod
+    def of_variance(cls, distribution: str, variance: float, fan_in: float = 1,
+                    fan_out: float = 1) -> Law:
+        """The law of ``distribution`` with per-element variance ``variance``."""
+        std = math.sqrt(variance)
+        scales = {"normal": std, "uniform": math.sqrt(3.0) * std,
+                  "orthogonal": math.sqrt(variance * max(fan_in, fan_out))}
+        return cls(distribution, choose(scales, distribution, "init.distribution"))
+
+    def variance(self, fan_in: float, fan_out: float) -> float:
+        """Per-element variance; an orthogonal matrix's rows (or columns) have norm scale."""
+        if self.distribution == "orthogonal":
+            return self.scale**2 / max(fan_in, fan_out)
+        return self.scale**2 / (3 if self.distribution == "uniform" else 1)
 
 
-def _fan(mode: str, fan_in: float, fan_out: float) -> float:
-    return {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+def _pytorch_bias(fan_in: float) -> Law:
+    """PyTorch's bias init for Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return Law("uniform", 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
 
 
-def _scaled_fill(module: nn.Module, gain: float, p: Any) -> Any:
-    """init=scaled: Var(W) = sigma_w2 / fan_mode from ``p.distribution``; bias ~ N(0, sigma_b2)."""
-    if p.distribution == "orthogonal":
-        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
-        orthogonal_gain = math.sqrt(p.sigma_w2 * max(fan_in, fan_out) / fan(module.weight, p.mode))
-        nn.init.orthogonal_(module.weight, orthogonal_gain)
-    else:
-        variance_scaling_(module.weight, p.sigma_w2, p.mode, p.distribution)
-    if module.bias is not None:
-        nn.init.normal_(module.bias, 0.0, math.sqrt(p.sigma_b2))
+@dataclass
+class InitConfig:
+    """A weight-init scheme: ``init=NAME`` selects the subclass whose ``name`` is NAME."""
+
+    name: str = "default"
+    gain_from_activation: ClassVar[bool] = False  # null gain -> the activation's Kaiming gain
+    auto_gain: ClassVar[bool] = False  # takes gain=auto
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        raise NotImplementedError
+
+    def bias_law(self, fan_in: float) -> Optional[Law]:
+        """The bias's law; None: zeros."""
+        return _pytorch_bias(fan_in) if getattr(self, "bias", None) == BiasInit.default else None
+
+    def check(self) -> None:
+        """Range checks that types alone cannot express (ConfigError, one line)."""
+        gain = getattr(self, "gain", None)
+        if gain is None:
+            return
+        if gain == "auto":
+            if not self.auto_gain:
+                takers = ", ".join(n for n, c in INITS.items() if c.auto_gain)
+                raise ConfigError(f"init.gain=auto: only {takers} take it")
+            return
+        try:
+            value = float(gain)
+        except (TypeError, ValueError):
+            raise ConfigError(f"init.gain={gain}: must be a number > 0, auto or null") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"init.gain={gain}: must be a finite number > 0 (or auto)")
 
 
-INITS: dict[str, Init] = {
-    # PyTorch's own: kaiming_uniform_(a=sqrt(5)), i.e. Var = 1/(3 fan_in), and its bias
-    "default": Init(lambda m, g, p: m.reset_parameters(), lambda fi, fo, g, p: 1 / (3 * fi)),
-    "uniform": Init(lambda m, g, p: nn.init.uniform_(m.weight, p.a, p.b),
-                    lambda fi, fo, g, p: (p.b - p.a) ** 2 / 12 if p.a == -p.b else None),
-    "normal": Init(lambda m, g, p: nn.init.normal_(m.weight, 0.0, p.std),
-                   lambda fi, fo, g, p: p.std**2),
-    "xavier": Init(lambda m, g, p: variance_scaling_(m.weight, g**2, "fan_avg", "normal"),
-                   lambda fi, fo, g, p: g**2 / _fan("fan_avg", fi, fo)),
-    "xavier_uniform": Init(
-        lambda m, g, p: variance_scaling_(m.weight, g**2, "fan_avg", "uniform"),
-        lambda fi, fo, g, p: g**2 / _fan("fan_avg", fi, fo)),
-    "kaiming": Init(lambda m, g, p: variance_scaling_(m.weight, g**2, p.mode, "normal"),
-                    lambda fi, fo, g, p: g**2 / _fan(p.mode, fi, fo), True),
-    "kaiming_uniform": Init(
-        lambda m, g, p: variance_scaling_(m.weight, g**2, p.mode, "uniform"),
-        lambda fi, fo, g, p: g**2 / _fan(p.mode, fi, fo), True),
-    "lecun": Init(lambda m, g, p: variance_scaling_(m.weight, g**2, "fan_in", "normal"),
-                  lambda fi, fo, g, p: g**2 / fi),
-    # rows (or columns, if taller than wide) of norm gain
-    "orthogonal": Init(lambda m, g, p: nn.init.orthogonal_(m.weight, g),
-                       lambda fi, fo, g, p: g**2 / max(fi, fo)),
-    "scaled": Init(_scaled_fill, lambda fi, fo, g, p: p.sigma_w2 / _fan(p.mode, fi, fo)),
+def _finite(key: str, value: float, low: float = -math.inf, strict: bool = False) -> None:
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        what = "a finite number" + ("" if low == -math.inf else f" {'>' if strict else '>='} {low:g}")
+        raise ConfigError(f"init.{key}={value}: must be {what}")
+
+
+@dataclass
+class DefaultInit(InitConfig):
+    """PyTorch's own ``reset_parameters``: ``kaiming_uniform_(a=sqrt(5))``, i.e.
+    Var(W) = 1/(3 fan_in), with PyTorch's bias by default."""
+
+    name: str = "default"
+    bias: BiasInit = BiasInit.default
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        # kaiming_uniform_'s own arithmetic, so that the numbers are torch's to the bit
+        std = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2)) / math.sqrt(fan_in)
+        return Law("uniform", math.sqrt(3.0) * std)
+
+
+@dataclass
+class UniformInit(InitConfig):
+    """U(a, b), by default Keras' RandomUniform(-0.05, 0.05); zero-mean only if a = -b."""
+
+    name: str = "uniform"
+    a: float = -0.05
+    b: float = 0.05
+    bias: BiasInit = BiasInit.zeros
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law("uniform", (self.b - self.a) / 2, mean=(self.a + self.b) / 2)
+
+    def check(self) -> None:
+        _finite("a", self.a)
+        _finite("b", self.b)
+        if not self.a < self.b:
+            raise ConfigError(f"init.a={self.a}, init.b={self.b}: need a < b")
+
+
+@dataclass
+class NormalInit(InitConfig):
+    """N(0, std^2): the classic ``0.01 * randn``."""
+
+    name: str = "normal"
+    std: float = 0.01
+    bias: BiasInit = BiasInit.zeros
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law("normal", self.std)
+
+    def check(self) -> None:
+        _finite("std", self.std, 0, strict=True)
+
+
+@dataclass
+class XavierInit(InitConfig):
+    """Glorot & Bengio (2010): N(0, gain^2 * 2 / (fan_in + fan_out)); gain null: 1."""
+
+    name: str = "xavier"
+    gain: Any = None  # null, a number > 0, or auto: 1/sqrt(E[phi(z)^2]) by quadrature
+    bias: BiasInit = BiasInit.zeros
+    auto_gain: ClassVar[bool] = True
+    distribution: ClassVar[str] = "normal"
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law.of_variance(self.distribution, gain**2 / fan("fan_avg", fan_in, fan_out))
+
+
+@dataclass
+class KaimingInit(InitConfig):
+    """He et al. (2015): N(0, gain^2 / fan_mode); gain null: the activation's Kaiming gain."""
+
+    name: str = "kaiming"
+    gain: Any = None  # null, a number > 0, or auto: 1/sqrt(E[phi(z)^2]) by quadrature
+    mode: Mode = Mode.fan_in
+    bias: BiasInit = BiasInit.zeros
+    gain_from_activation: ClassVar[bool] = True
+    auto_gain: ClassVar[bool] = True
+    distribution: ClassVar[str] = "normal"
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law.of_variance(self.distribution, gain**2 / fan(self.mode.value, fan_in, fan_out))
+
+
+def _uniform(scheme: type[InitConfig]) -> type[InitConfig]:
+    """The option ``<scheme>_uniform``: the scheme's variance, drawn from a uniform law."""
+    name = scheme.__name__.replace("Init", "UniformInit")
+    return dataclass(type(name, (scheme,), {
+        "__annotations__": {"name": "str"}, "name": f"{scheme.name}_uniform",
+        "distribution": "uniform", "__module__": __name__, "__qualname__": name,
+        "__doc__": f"{scheme.__doc__.splitlines()[0]} Drawn uniform, same variance."}))
+
+
+XavierUniformInit, KaimingUniformInit = _uniform(XavierInit), _uniform(KaimingInit)
+
+
+@dataclass
+class LecunInit(InitConfig):
+    """LeCun et al. (1998): N(0, gain^2 / fan_in); gain null: 1 (self-normalizing SELU)."""
+
+    name: str = "lecun"
+    gain: Any = None
+    bias: BiasInit = BiasInit.zeros
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law.of_variance("normal", gain**2 / fan_in)
+
+
+@dataclass
+class OrthogonalInit(InitConfig):
+    """Saxe et al. (2014): gain times a random orthogonal matrix (PyTorch's orthogonal_),
+    Var(W) = gain^2 / max(fan_in, fan_out); gain null: 1."""
+
+    name: str = "orthogonal"
+    gain: Any = None
+    bias: BiasInit = BiasInit.zeros
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law("orthogonal", gain)
+
+
+@dataclass
+class ScaledInit(InitConfig):
+    """Poole et al. (2016)'s parametrization: Var(W) = sigma_w2 / fan_mode drawn from
+    ``distribution``, bias ~ N(0, sigma_b2)."""
+
+    name: str = "scaled"
+    sigma_w2: float = 1.0
+    sigma_b2: float = 0.0
+    mode: Mode = Mode.fan_in
+    distribution: Distribution = Distribution.normal
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        variance = self.sigma_w2 / fan(self.mode.value, fan_in, fan_out)
+        return Law.of_variance(self.distribution.value, variance, fan_in, fan_out)
+
+    def bias_law(self, fan_in: float) -> Optional[Law]:
+        return Law("normal", math.sqrt(self.sigma_b2))
+
+    def check(self) -> None:
+        _finite("sigma_w2", self.sigma_w2, 0, strict=True)
+        _finite("sigma_b2", self.sigma_b2, 0)
+
+
+INITS: dict[str, type[InitConfig]] = {
+    scheme.name: scheme for scheme in (
+        DefaultInit, UniformInit, NormalInit, KaimingInit, KaimingUniformInit, XavierInit,
+        XavierUniformInit, LecunInit, OrthogonalInit, ScaledInit)
 }
 
 
-@torch.no_grad()
-def default_bias_(module: nn.Module) -> None:
-    """PyTorch's bias init for Linear/Conv: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    fan_in = fan(module.weight, "fan_in")
-    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    module.bias.uniform_(-bound, bound)
+def parameters(option: type) -> list[str]:
+    """The parameters an option of a config group takes (its schema's fields but ``name``)."""
+    return [f.name for f in fields(option) if f.name != "name"]
 
 
-def lookup(name: str) -> Init:
-    return choose(INITS, name, "init")
-
-
-def resolve_gain(init: Any, act: str, slope: Optional[float] = None) -> float:
+def resolve_gain(init: InitConfig, act: str, slope: Optional[float] = None) -> float:
     """The gain a scheme uses: ``init.gain`` if a number; with ``auto`` the
     variance-preserving 1/sqrt(E[phi(z)^2]) (:func:`propbench.theory.auto_gain`); if null,
     the activation's Kaiming gain for kaiming*, else 1."""
-    if init.gain == "auto":
+    gain = getattr(init, "gain", None)
+    if gain == "auto":
         from propbench.theory import auto_gain
 
         return auto_gain(act, slope)
-    if init.gain is not None:
-        return float(init.gain)
-    return kaiming_gain(act, slope) if lookup(init.name).gain_from_activation else 1.0
+    if gain is not None:
+        return float(gain)
+    return kaiming_gain(act, slope) if init.gain_from_activation else 1.0
 
 
-@torch.no_grad()
-def init_model(model: nn.Module, init: Any, act: str, slope: Optional[float] = None) -> None:
-    """Apply scheme ``init.name`` with ``Module.apply`` to every Linear and Conv of ``model``.
+# --- the torch side -----------------------------------------------------------------------
 
-    ``init`` has the fields of :class:`propbench.config.InitConfig` (strings for enums).
-    """
-    scheme = lookup(init.name)
+def _layer_types() -> dict[str, tuple]:
+    from torch import nn
+
+    return {"WEIGHTED_TYPES": (nn.Linear, nn.modules.conv._ConvNd),
+            "NORM_TYPES": (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)}
+
+
+def __getattr__(name: str) -> Any:
+    """``WEIGHTED_TYPES`` (Linear, Conv) and ``NORM_TYPES``, made when first asked for, so
+    that importing this module does not import torch."""
+    types = _layer_types()
+    if name not in types:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals().update(types)
+    return types[name]
+
+
+def weight_fans(weight: Any) -> tuple[int, int]:
+    """torch's (fan_in, fan_out) of a weight: in/out features, times the kernel area."""
+    from torch import nn
+
+    return nn.init._calculate_fan_in_and_fan_out(weight)
+
+
+def draw_(tensor: Any, law: Law) -> Any:
+    """Fill ``tensor`` in place from ``law`` (the same calls as torch's init functions)."""
+    import torch
+
+    with torch.no_grad():
+        if law.distribution == "orthogonal":
+            return torch.nn.init.orthogonal_(tensor, law.scale)
+        if law.distribution == "uniform":
+            return tensor.uniform_(law.mean - law.scale, law.mean + law.scale)
+        return tensor.normal_(law.mean, law.scale)
+
+
+def variance_scaling_(weight: Any, scale: float = 1.0, mode: str = "fan_in",
+                      distribution: str = "normal") -> Any:
+    """Fill ``weight`` in place with ``Var = scale / fan(weight, mode)``: N(0, std^2) or
+    U(-sqrt(3) std, sqrt(3) std), as torch's kaiming_/xavier_ functions draw."""
+    fan_in, fan_out = weight_fans(weight)
+    return draw_(weight, Law.of_variance(distribution, scale / fan(mode, fan_in, fan_out)))
+
+
+def init_model(model: Any, init: InitConfig, act: str, slope: Optional[float] = None) -> None:
+    """Apply the scheme ``init`` with ``Module.apply`` to every Linear and Conv of ``model``;
+    normalization layers get weight 1 and bias 0."""
+    import torch
+
     gain = resolve_gain(init, act, slope)
+    types = _layer_types()
+    weighted, norms = types["WEIGHTED_TYPES"], types["NORM_TYPES"]
 
-    def init_module(module: nn.Module) -> None:
-        if isinstance(module, WEIGHTED_TYPES):
-            scheme.fill(module, gain, init)
-            if module.bias is None or init.name == "scaled":  # scaled drew its own bias
-                return
-            if init.bias == "zeros":
-                module.bias.zero_()
-            elif init.name != "default":  # reset_parameters drew it already
-                default_bias_(module)
-        elif isinstance(module, NORM_TYPES) and getattr(module, "weight", None) is not None:
+    def init_module(module: Any) -> None:
+        if isinstance(module, weighted):
+            fan_in, fan_out = weight_fans(module.weight)
+            draw_(module.weight, init.law(fan_in, fan_out, gain))
+            if module.bias is not None:
+                bias = init.bias_law(fan_in)
+                draw_(module.bias, bias) if bias is not None else module.bias.zero_()
+        elif isinstance(module, norms) and getattr(module, "weight", None) is not None:
             module.weight.fill_(1.0)
             module.bias.zero_()
 
-    model.apply(init_module)
+    with torch.no_grad():
+        model.apply(init_module)
 
 
-def layer_variances(modules: list[nn.Module], init: Any, act: str,
+def layer_variances(modules: list[Any], init: InitConfig, act: str,
                     slope: Optional[float] = None) -> Optional[list[tuple[float, float, float]]]:
     """Per weighted module, (sigma_w2, sigma_b2, backward_w2) as the mean-field theory needs
     them: ``sigma_w2 = fan_in * Var(W)``, ``backward_w2 = fan_out * Var(W)`` (what scales the
     gradient on its way back), ``sigma_b2 = Var(b)``; fans are torch's. None if a scheme's
     weights are not zero-mean."""
-    scheme, gain = lookup(init.name), resolve_gain(init, act, slope)
+    gain = resolve_gain(init, act, slope)
     out = []
     for module in modules:
-        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
-        variance = scheme.variance(fan_in, fan_out, gain, init)
-        if variance is None:
+        fan_in, fan_out = weight_fans(module.weight)
+        law = init.law(fan_in, fan_out, gain)
+        if law.mean != 0:
             return None
-        if module.bias is None or (init.bias == "zeros" and init.name != "scaled"):
-            bias = 0.0
-        elif init.name == "scaled":
-            bias = init.sigma_b2
-        else:
-            bias = 1.0 / (3 * fan_in)  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        out.append((fan_in * variance, bias, fan_out * variance))
+        variance = law.variance(fan_in, fan_out)
+        bias = init.bias_law(fan_in) if module.bias is not None else None
+        out.append((fan_in * variance, bias.variance(fan_in, fan_out) if bias else 0.0,
+                    fan_out * variance))
     return out

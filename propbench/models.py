@@ -8,14 +8,16 @@ is i + 1.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from propbench.activations import make_activation
+from propbench.config import DType, Norm, Pool, PropbenchConfig, settings
+from propbench.errors import choose
 from propbench.inits import init_model
+from propbench.seeds import trial_seeds
 
 
 class Block(nn.Module):
@@ -56,33 +58,34 @@ class DeepStack(nn.Module):
         ]
 
 
-def mlp(depth: int, width: int, act: Any, norm: str, bias: bool, dtype: torch.dtype) -> DeepStack:
+def mlp(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
     def block() -> Block:
         return Block(
             "linear",
-            nn.Linear(width, width, bias=bias, dtype=dtype),
-            nn.BatchNorm1d(width, dtype=dtype) if norm == "batchnorm" else None,
-            make_activation(act.name, act.slope).to(dtype),
+            nn.Linear(s.width, s.width, bias=s.bias, dtype=dtype),
+            nn.BatchNorm1d(s.width, dtype=dtype) if s.model.norm == Norm.batchnorm else None,
+            make_activation(s.act.name, s.act.slope).to(dtype),
         )
 
-    return DeepStack([block() for _ in range(depth)], None, (width,))
+    return DeepStack([block() for _ in range(s.depth)], None, (s.width,))
 
 
-def cnn(depth: int, width: int, act: Any, model: Any, bias: bool, dtype: torch.dtype) -> DeepStack:
+def cnn(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
     """Conv blocks starting at ``width`` channels, in stages of ``stage_every`` blocks (see
     CNNConfig): a stage's last block pools, the next stage's first block widens."""
-    pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+    model = s.model
+    pools = {Pool.max: nn.MaxPool2d, Pool.avg: nn.AvgPool2d}
     blocks, size, channels, widen = [], model.image_size, model.in_channels, False
-    for i in range(depth):
-        out = width if i == 0 else channels * (model.channel_growth if widen else 1)
+    for i in range(s.depth):
+        out = s.width if i == 0 else channels * (model.channel_growth if widen else 1)
         stage_end = model.stage_every > 0 and (i + 1) % model.stage_every == 0
         pooled = stage_end and model.pool in pools and size > 1
         blocks.append(
             Block(
                 "conv",
-                nn.Conv2d(channels, out, model.kernel_size, padding="same", bias=bias, dtype=dtype),
-                nn.BatchNorm2d(out, dtype=dtype) if model.norm == "batchnorm" else None,
-                make_activation(act.name, act.slope).to(dtype),
+                nn.Conv2d(channels, out, model.kernel_size, padding="same", bias=s.bias, dtype=dtype),
+                nn.BatchNorm2d(out, dtype=dtype) if model.norm == Norm.batchnorm else None,
+                make_activation(s.act.name, s.act.slope).to(dtype),
                 pools[model.pool](2) if pooled else None,
             )
         )
@@ -94,30 +97,26 @@ def cnn(depth: int, width: int, act: Any, model: Any, bias: bool, dtype: torch.d
     return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
 
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# model name (a key of propbench.config.MODELS) -> the function that builds it
+BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], DeepStack]] = {"mlp": mlp, "cnn": cnn}
+DTYPES = {DType.float32: torch.float32, DType.float64: torch.float64}
 
 
-def build_model(cfg: Any, seed: int | None = None) -> DeepStack:
+def build_model(cfg: Any, seed: Optional[int] = None) -> DeepStack:
     """Build and initialize the network ``cfg`` describes, on the CPU.
 
     Construction and init draw from torch's global generator seeded with ``seed`` (default:
     the config's weight stream for trial 0) inside ``torch.random.fork_rng``, so the
     caller's RNG state is untouched and the same seed gives the same weights on any device.
-    ``cfg`` is a composed config (see :func:`propbench.compose`) or its
-    :func:`propbench.config.settings`.
+    ``cfg`` is what :func:`propbench.config.settings` takes: a composed config
+    (:func:`propbench.compose`) or a :class:`propbench.PropbenchConfig`.
     """
-    from propbench.config import settings
-    from propbench.seeds import trial_seeds
-
-    s = cfg if isinstance(cfg, SimpleNamespace) else settings(cfg)
+    s = settings(cfg)
     if seed is None:
         seed = trial_seeds(s.seed, 0).weights
-    dtype = DTYPES[s.dtype]
+    build = choose(BUILDERS, s.model.name, "model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if s.model.name == "mlp":
-            model = mlp(s.depth, s.width, s.act, s.model.norm, s.bias, dtype)
-        else:
-            model = cnn(s.depth, s.width, s.act, s.model, s.bias, dtype)
+        model = build(s, DTYPES[s.dtype])
         init_model(model, s.init, s.act.name, s.act.slope)
     return model

@@ -1,5 +1,5 @@
-"""One run: build, initialize and probe the configured network ``trials`` times, then
-(optionally) write the run folder."""
+"""One run: build, initialize and probe the configured network ``trials`` times, set the
+theory beside it, summarize, and (optionally) write the run folder."""
 
 from __future__ import annotations
 
@@ -8,40 +8,95 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
-from propbench import __version__, compare
-from propbench.config import as_dict, settings
+from propbench import __version__
+from propbench.compare import Theory
+from propbench.config import PropbenchConfig, settings
 from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
 from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
-from propbench.probes import probe, probe_trials
+from propbench.probes import probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
-                               write_error, write_stats, write_summary)
+                               write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a run decides before it starts: the validated config, the device, and how many
+    trials one stacked pass probes (checked against the free memory)."""
+
+    settings: PropbenchConfig
+    device: Any
+    at_once: int
+
+
 @dataclass
 class RunResult:
-    frame: pd.DataFrame
-    summary: dict[str, Any]
+    frame: pd.DataFrame  # the tidy frame (the stats.csv contract)
+    summary: dict[str, Any]  # what summary.json holds
     folder: Optional[Path] = None
     resumed: bool = False  # True: kept from a complete earlier run (resume=true)
 
 
-def _same_run(done: Optional[dict[str, Any]], config: dict[str, Any]) -> bool:
-    """The same composed config, whatever ``resume`` and ``trial_batch`` say."""
-    how = {"resume": None, "trial_batch": None}  # how the run is done, not what it measures
-    return done is not None and {**done, **how} == {**config, **how}
+def setup(cfg: Any) -> Setup:
+    """Validate ``cfg`` (see :func:`propbench.config.settings`), choose the device, and
+    refuse a run the free memory cannot hold; ConfigError with one line otherwise."""
+    s = settings(cfg)
+    device = resolve_device(s.device)
+    at_once = trials_at_once(s, device)
+    check_memory(s, device, at_once)
+    return Setup(s, device, at_once)
 
 
-def draw_inputs(s: Any, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+def run(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
+    """Probe the network ``cfg`` describes; return its frame and summary, and with
+    ``out_dir`` write the run folder there (``stats.csv``, ``propagation.png``, then
+    ``summary.json``).
+
+    ``cfg`` is a composed config (:func:`propbench.compose`), a
+    :class:`propbench.PropbenchConfig`, or a :class:`Setup`.
+
+    >>> import propbench
+    >>> result = propbench.run(propbench.compose(["depth=5", "width=64", "init=kaiming"]))
+    >>> sorted(result.frame.quantity.unique()), result.summary["activation"]["verdict"]
+    (['activation', 'gradient'], 'stable')
+    """
+    job = cfg if isinstance(cfg, Setup) else setup(cfg)
+    folder = None if out_dir is None else Path(out_dir)
+    if folder is not None and job.settings.resume and _same_run(job.settings, folder):
+        return RunResult(load(folder), read_summary(folder), folder, resumed=True)
+    started = time.perf_counter()
+    frame, theory = _measure(job)
+    elapsed = time.perf_counter() - started
+    frame = _annotate(frame, job.settings, theory)
+    result = RunResult(frame, _summary(frame, job, theory, elapsed), folder)
+    if folder is not None:
+        _write(result)
+    return result
+
+
+def execute(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
+    """The former name of :func:`run`."""
+    return run(cfg, out_dir)
+
+
+def _same_run(s: PropbenchConfig, folder: Path) -> bool:
+    """A complete run of the same config in ``folder``, whatever ``resume`` and
+    ``trial_batch`` say (how the run is done, not what it measures)."""
+    done = completed_config(folder)
+    how = {"resume": None, "trial_batch": None}
+    return done is not None and {**done, **how} == {**s.to_dict(), **how}
+
+
+def draw_inputs(s: PropbenchConfig, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """Standard-normal inputs; with ``correlation=c0``, interleaved pairs (rows 2i, 2i+1)
     x_b = c0 x_a + sqrt(1 - c0^2) n, so that each pair has correlation c0."""
     generator = torch.Generator().manual_seed(seed)
@@ -52,75 +107,64 @@ def draw_inputs(s: Any, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return x
 
 
-def _trials(s: Any, trials: range, device: torch.device) -> tuple[pd.DataFrame, Any]:
-    """The frame of ``trials`` probed in one pass (stacked when more than one), and the
-    first trial's network."""
-    seeds = [trial_seeds(s.seed, t) for t in trials]
-    models = [build_model(s, seed=seed.weights) for seed in seeds]
-    pairs = s.correlation is not None
-    if len(models) == 1:
-        model = models[0].to(device)
-        inputs = draw_inputs(s, model.input_shape, seeds[0].inputs).to(device)
-        frame = probe(model, inputs, model.probed_modules(), seed=seeds[0].cotangent,
-                      pairs=pairs, keep_grads=False)
-        frame.insert(0, "trial", 0)
-    else:
-        stacked = stack(models).to(device)
-        del models[1:]  # the stacked copy holds their weights now
-        inputs = [draw_inputs(s, models[0].input_shape, seed.inputs) for seed in seeds]
-        frame = probe_trials(stacked, inputs, seeds=[seed.cotangent for seed in seeds],
-                             pairs=pairs, keep_grads=False)
-        del stacked
-    frame["trial"] += trials.start
-    return frame, models[0]
+def _chunks(trials: int, at_once: int) -> Iterator[range]:
+    for start in range(0, trials, at_once):
+        yield range(start, min(start + at_once, trials))
 
 
-def config_columns(s: Any) -> dict[str, Any]:
+def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
+    """Every trial's frame, ``at_once`` trials stacked into one network per pass (a single
+    network is one trial), and the theory of the first trial's network."""
+    s, frames, theory = job.settings, [], None
+    try:
+        for trials in _chunks(s.trials, job.at_once):
+            seeds = [trial_seeds(s.seed, t) for t in trials]
+            models = [build_model(s, seed=seed.weights) for seed in seeds]
+            if theory is None:  # it reads the layers' fans, not their values
+                theory = Theory.of(s, models[0])
+            inputs = [draw_inputs(s, models[0].input_shape, seed.inputs) for seed in seeds]
+            stacked = stack(models).to(job.device)
+            del models  # the stacked copy holds their weights now
+            frame = probe_trials(stacked, inputs, seeds=[seed.cotangent for seed in seeds],
+                                 pairs=s.correlation is not None, keep_grads=False)
+            del stacked
+            frame["trial"] += trials.start
+            frames.append(frame)
+    except torch.OutOfMemoryError:
+        raise PropbenchError(
+            f"out of memory on {job.device} at depth={s.depth}, width={s.width}, "
+            f"batch_size={s.batch_size}; lower one of them"
+        ) from None
+    return pd.concat(frames, ignore_index=True), theory
+
+
+def config_columns(s: PropbenchConfig) -> dict[str, Any]:
     """The config values every row of the frame carries (results.CONFIG_COLUMNS)."""
-    values = {"model": s.model.name, "act": s.act.name, "init": s.init.name, "norm": s.model.norm}
+    values = {"model": s.model.name, "act": s.act.name, "init": s.init.name,
+              "norm": s.model.norm.value, "dtype": s.dtype.value}
     values.update({key: getattr(s, key) for key in CONFIG_COLUMNS if key not in values})
     return values
 
 
-def execute(cfg: Any, out_dir: Optional[Path] = None, background: bool = False) -> RunResult:
-    """Validate ``cfg``, probe every trial, summarize; write the run folder if given.
-
-    With ``background=True`` the figure and ``summary.json`` are written by a forked child
-    (:mod:`propbench.background`), and the folder is complete once that child is done."""
-    s = settings(cfg)
-    if s.resume and out_dir is not None and _same_run(completed_config(Path(out_dir)), as_dict(s)):
-        return RunResult(load(out_dir), read_summary(out_dir), Path(out_dir), resumed=True)
-    device = resolve_device(s.device)
-    at_once = trials_at_once(s, device)
-    check_memory(s, device, at_once)
-    started = time.perf_counter()
-    frames, predicted = [], None
-    try:
-        for start in range(0, s.trials, at_once):
-            frame, model = _trials(s, range(start, min(start + at_once, s.trials)), device)
-            if start == 0:  # the prediction needs the layers' fans, not their values
-                predicted, note, sigmas = compare.prediction(s, model)
-            frames.append(frame)
-            del model
-    except torch.OutOfMemoryError:
-        raise PropbenchError(
-            f"out of memory on {device} at depth={s.depth}, width={s.width}, "
-            f"batch_size={s.batch_size}; lower one of them"
-        ) from None
-    elapsed = time.perf_counter() - started
-    frame = pd.concat(frames, ignore_index=True)
-    frame["theory"] = compare.theory_column(frame, predicted)
+def _annotate(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.DataFrame:
+    """The theory column, the config columns, and the effective sigma_w^2 = fan_in Var(W)
+    and sigma_b^2 = Var(b) of a middle layer."""
+    frame["theory"] = theory.column(frame)
     for column, value in config_columns(s).items():
         frame[column] = value
-    # the effective sigma_w^2 = fan_in Var(W) and sigma_b^2 = Var(b) of a middle layer
-    frame["sigma_w2"], frame["sigma_b2"] = sigmas if sigmas else (np.nan, np.nan)
-    summary = {
+    frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
+    return frame
+
+
+def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) -> dict[str, Any]:
+    s = job.settings
+    return {
         **summarize(frame),
-        "theory": compare.summary(frame, s, note, sigmas),
-        "config": as_dict(s),
-        "device": device_name(device),
+        "theory": theory.summary(frame),
+        "config": s.to_dict(),
+        "device": device_name(job.device),
         "trials": s.trials,
-        "trials_at_once": at_once,
+        "trials_at_once": job.at_once,
         "elapsed_s": round(elapsed, 3),
         "versions": {
             "propbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -135,34 +179,13 @@ def execute(cfg: Any, out_dir: Optional[Path] = None, background: bool = False) 
         },
         "command": " ".join(sys.argv),
     }
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_stats(out_dir, frame)
-        from propbench.plots import save_propagation
-
-        def finish() -> None:
-            save_propagation(frame, out_dir / FIGURE)
-            write_summary(out_dir, summary)  # last: marks the folder complete
-
-        if background:
-            from propbench import background as jobs
-
-            jobs.submit(finish, lambda err, text: write_error(out_dir, err, text))
-        else:
-            finish()
-    return RunResult(frame, summary, out_dir)
 
 
-def run(cfg: Any, out_dir: Optional[str | Path] = None) -> pd.DataFrame:
-    """Probe the network ``cfg`` describes and return the tidy frame (see README).
+def _write(result: RunResult) -> None:
+    """The run folder: statistics, figure, and last the summary that marks it complete."""
+    from propbench.plots import save_propagation
 
-    ``cfg`` is a composed config (:func:`propbench.compose`), a ``PropbenchConfig`` or a
-    dict of the same shape. With ``out_dir`` the run folder is written there too.
-
-    >>> import propbench
-    >>> frame = propbench.run(propbench.compose(["depth=5", "width=64"]))
-    >>> sorted(frame.quantity.unique())
-    ['activation', 'gradient']
-    """
-    return execute(cfg, None if out_dir is None else Path(out_dir)).frame
+    result.folder.mkdir(parents=True, exist_ok=True)
+    write_stats(result.folder, result.frame)
+    save_propagation(result.frame, result.folder / FIGURE)
+    write_summary(result.folder, result.summary)

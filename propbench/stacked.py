@@ -31,6 +31,14 @@ from torch import nn
 from propbench.models import Block, DeepStack
 
 
+def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The trials' tensors along a new first axis; one trial's is a view, not a copy, so a
+    single network's weights never exist twice."""
+    if len(tensors) == 1:
+        return tensors[0].detach().unsqueeze(0)
+    return torch.stack([t.detach() for t in tensors])
+
+
 class StackedLinear(nn.Module):
     """T independent ``nn.Linear`` layers on ``(T, B, in)``: weight ``(T, out, in)``."""
 
@@ -38,9 +46,9 @@ class StackedLinear(nn.Module):
 
     def __init__(self, layers: Sequence[nn.Linear]):
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))
+        self.weight = nn.Parameter(_stacked([m.weight for m in layers]))
         has_bias = layers[0].bias is not None
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers])) if has_bias else None
+        self.bias = nn.Parameter(_stacked([m.bias for m in layers])) if has_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
@@ -58,8 +66,8 @@ class StackedBatchNorm(nn.Module):
     def __init__(self, layers: Sequence[nn.BatchNorm1d]):
         super().__init__()
         self.eps = layers[0].eps
-        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).unsqueeze(1))
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).unsqueeze(1))
+        self.weight = nn.Parameter(_stacked([m.weight for m in layers]).unsqueeze(1))
+        self.bias = nn.Parameter(_stacked([m.bias for m in layers]).unsqueeze(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
@@ -79,6 +87,8 @@ def _load_concatenated(module: nn.Module, sources: Sequence[nn.Module]) -> nn.Mo
 
 def _grouped_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
     first, trials = layers[0], len(layers)
+    if trials == 1:  # one trial: the layer itself (no copy of its weights)
+        return first
     return _load_concatenated(nn.Conv2d(
         trials * first.in_channels, trials * first.out_channels, first.kernel_size,
         stride=first.stride, padding=first.padding, dilation=first.dilation, groups=trials,
@@ -88,6 +98,8 @@ def _grouped_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
 
 def _channel_norm(layers: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     first = layers[0]
+    if len(layers) == 1:
+        return first
     return _load_concatenated(nn.BatchNorm2d(
         len(layers) * first.num_features, eps=first.eps, momentum=first.momentum,
         dtype=first.weight.dtype,

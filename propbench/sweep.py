@@ -17,6 +17,7 @@ sweep folder:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -25,21 +26,35 @@ from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 
-from propbench.errors import ResultsError
+from propbench.errors import ConfigError, ResultsError, first_line
 from propbench.results import ERROR, MANIFEST, SUMMARY, atomic_write
+from propbench.verdict import SIGNALS
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
-QUANTITIES = ("activation", "gradient")
 
 
 def plan_jobs(params: dict[str, Any], overrides: list[str]) -> list[list[str]]:
-    """The overrides of each job, numbered as Hydra's basic sweeper numbers them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The overrides of each job, numbered as Hydra's basic sweeper numbers them: the
+    product of every override's values, a config's ``hydra.sweeper.params`` first, the
+    command line's after (a key given twice keeps its first place and its last values).
+    ConfigError for a sweep only Hydra can enumerate (glob, interval)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return BasicSweeper.split_arguments(parsed, None)[0]
+    values: dict[str, list[str]] = {}
+    try:
+        for override in OverridesParser.create().parse_overrides(arguments):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                values[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                values[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+            else:
+                raise ConfigError(f"{override.input_line}: only Hydra's sweeper can list its values")
+    except HydraException as err:
+        raise ConfigError(first_line(err)) from None
+    return [list(job) for job in itertools.product(*values.values())]
 
 
 def write_manifest(sweep_dir: Path, jobs: list[list[str]]) -> None:
@@ -131,7 +146,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                 status, error = "corrupt", str(err)
                 row.update(status=status, error=error)
         if status == "ok":
-            for quantity in QUANTITIES:
+            for quantity in SIGNALS:
                 result = summary.get(quantity, {})
                 ratio = result.get("log10_ratio")
                 row[f"{quantity}_log10_ratio"] = (
@@ -145,7 +160,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
             frames.append(stats)
         rows.append(row)
     table = pd.DataFrame(rows)
-    for quantity in QUANTITIES:
+    for quantity in SIGNALS:
         for column, fill in ((f"{quantity}_log10_ratio", math.nan), (f"{quantity}_verdict", "")):
             if column not in table.columns:
                 table[column] = fill
@@ -153,6 +168,24 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     report = SweepReport(folder, table, frame, claim=check_claim(folder, table))
     _write(report, keys, figures)
     return report
+
+
+def load_sweep(sweep_dir: str | Path) -> Any:
+    """A sweep's table, one row per job (its ``sweep_summary.csv``): job, status, error,
+    overrides, a column per overridden key, and each quantity's log10 ratio and verdict.
+
+    >>> import propbench
+    >>> table = propbench.load_sweep("results/multirun/...")  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    from propbench.results import load
+
+    folder = Path(sweep_dir)
+    if not (folder / SWEEP_SUMMARY).exists():
+        load(folder)  # says what the folder is: missing, not aggregated yet, a run
+        raise ResultsError(f"{folder}: not a propbench sweep (no {SWEEP_SUMMARY})")
+    return pd.read_csv(folder / SWEEP_SUMMARY)
 
 
 def _experiment(folder: Path) -> Optional[dict[str, Any]]:
@@ -211,7 +244,7 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["job"]), *(str(row[k]) for k in shown)]
-        for quantity in QUANTITIES:
+        for quantity in SIGNALS:
             verdict, ratio = row[f"{quantity}_verdict"], row[f"{quantity}_log10_ratio"]
             cells.append(f"{verdict} ({_format_ratio(ratio)})" if verdict else "")
         cells.append(row["status"] + (f": {row['error']}" if row["error"] else ""))
@@ -269,15 +302,12 @@ class SweepCallback(Callback):
         overrides = list(config.hydra.overrides.task)
         try:
             jobs = plan_jobs(params, overrides)
-        except Exception:  # a sweep only its own sweeper can enumerate (glob, interval)
+        except ConfigError:  # a sweep only Hydra's sweeper can enumerate (glob, interval)
             return
         write_manifest(Path(config.hydra.sweep.dir), jobs)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global LAST_REPORT
-        from propbench import background
-
-        background.wait_all()  # the last jobs' figures and summaries
         LAST_REPORT = aggregate(Path(config.hydra.sweep.dir))
         print(f"\nSweep {LAST_REPORT.folder}:\n")
         print((LAST_REPORT.folder / SWEEP_MD).read_text())

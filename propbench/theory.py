@@ -29,84 +29,16 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-_SQRT2 = math.sqrt(2.0)
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    """erf, vectorized, to about 1e-13: Maclaurin series below 3, the continued fraction of
-    erfc above (NumPy has no erf, and this module stays free of other frameworks)."""
-    x = np.asarray(x, dtype=float)
-    a = np.abs(x)
-    out = np.empty_like(a)
-    small = a < 3.0
-    xs = a[small]
-    term, total, x2 = xs.copy(), xs.copy(), xs * xs
-    for n in range(1, 70):
-        term = term * -x2 / n
-        total = total + term / (2 * n + 1)
-    out[small] = 2.0 / math.sqrt(math.pi) * total
-    xl = a[~small]
-    fraction = np.zeros_like(xl)
-    for k in range(60, 0, -1):  # erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + ...)))
-        fraction = (k / 2.0) / (xl + fraction)
-    out[~small] = 1.0 - np.exp(-xl * xl) / math.sqrt(math.pi) / (xl + fraction)
-    return np.sign(x) * out
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-@dataclass(frozen=True)
-class Phi:
-    """An activation as NumPy functions: value, derivative, and where it has kinks."""
-
-    f: Callable[[np.ndarray], np.ndarray]
-    df: Callable[[np.ndarray], np.ndarray]
-    kinks: tuple[float, ...] = ()
-
-
-def _rectifier(a: float) -> Phi:
-    return Phi(lambda x: np.where(x > 0, x, a * x), lambda x: np.where(x > 0, 1.0, a), (0.0,))
+from propbench.activations import Phi, twin
 
 
 def _normal_pdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
-def _gelu() -> Phi:  # exact GELU, x * Phi(x), as nn.GELU()
-    cdf = lambda x: 0.5 * (1 + _erf(x / _SQRT2))  # noqa: E731
-    return Phi(lambda x: x * cdf(x), lambda x: cdf(x) + x * _normal_pdf(x))
-
-
-# The NumPy twin of propbench.activations.ACTIVATIONS (tests check they agree): name ->
-# slope -> Phi. PyTorch's default slopes where the config gives none.
-PHIS: dict[str, Callable[[Optional[float]], Phi]] = {
-    "relu": lambda a: _rectifier(0.0),
-    "leaky_relu": lambda a: _rectifier(0.01 if a is None else a),
-    "prelu": lambda a: _rectifier(0.25 if a is None else a),
-    "linear": lambda a: Phi(lambda x: x, lambda x: np.ones_like(x)),
-    "tanh": lambda a: Phi(np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
-    "sigmoid": lambda a: Phi(_sigmoid, lambda x: _sigmoid(x) * (1 - _sigmoid(x))),
-    "selu": lambda a: Phi(
-        lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0))),
-        lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(x, 0))),
-        (0.0,)),
-    "elu": lambda a: Phi(lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
-                         lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0))), (0.0,)),
-    "gelu": lambda a: _gelu(),
-    "silu": lambda a: Phi(lambda x: x * _sigmoid(x),
-                          lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))),
-}
-
-
 def phi(act: str, slope: Optional[float] = None) -> Phi:
     """The activation ``act`` (with ``slope`` for leaky ReLU / PReLU) as NumPy functions."""
-    if act not in PHIS:
-        raise ValueError(f"act={act}: no theory for it; choose one of {', '.join(PHIS)}")
-    return PHIS[act](slope)
+    return twin(act, slope)
 
 
 # --- Gaussian expectations ---------------------------------------------------------------

@@ -4,13 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from propbench.activations import ACTIVATIONS, kaiming_gain, make_activation
-from propbench.config import group_options
+from propbench.activations import kaiming_gain, make_activation
 from propbench.errors import ConfigError
-
-
-def test_registry_and_config_group_agree():
-    assert set(ACTIVATIONS) == set(group_options("act"))
 
 
 @pytest.mark.parametrize("name, slope, gain", [

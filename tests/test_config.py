@@ -2,7 +2,7 @@
 
 import pytest
 
-from propbench.config import INIT_PARAMS, compose, group_options, settings
+from propbench.config import PropbenchConfig, compose, group_options, settings
 from propbench.errors import ConfigError
 
 
@@ -16,17 +16,24 @@ def test_every_option_of_every_group_composes_and_validates(group):
 def test_defaults_are_the_documented_ones():
     s = settings(compose([]))
     assert (s.model.name, s.act.name, s.init.name) == ("mlp", "relu", "default")
-    assert (s.depth, s.width, s.batch_size, s.trials, s.device, s.dtype, s.bias) == (
+    assert (s.depth, s.width, s.batch_size, s.trials, s.device, s.dtype.value, s.bias) == (
         10, 256, 256, 1, "auto", "float32", True)
-    assert s.init.bias == "default"  # init=default keeps PyTorch's bias
-    assert settings(compose(["init=kaiming"])).init.bias == "zeros"
+    assert s.init.bias.value == "default"  # init=default keeps PyTorch's bias
+    assert settings(compose(["init=kaiming"])).init.bias.value == "zeros"
+    assert PropbenchConfig() == s  # the dataclass's defaults are the composed ones
+
+
+def test_each_scheme_has_only_its_own_parameters():
+    cfg = compose(["init=scaled"])
+    assert set(cfg.init) == {"name", "sigma_w2", "sigma_b2", "mode", "distribution"}
+    assert set(compose(["init=normal"]).init) == {"name", "std", "bias"}
 
 
 def test_required_groups_and_options_exist():
     assert set(group_options("model")) == {"mlp", "cnn"}
     assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
             "linear"} <= set(group_options("act"))
-    assert set(group_options("init")) == set(INIT_PARAMS)
+    assert {"default", "kaiming", "xavier", "lecun", "orthogonal", "scaled"} <= set(group_options("init"))
 
 
 def test_slopes_default_to_pytorchs():
@@ -45,13 +52,14 @@ def test_slopes_default_to_pytorchs():
     (["device=gpu"], "device=gpu: choose auto, cpu, cuda or cuda:N"),
     (["init=kaiming", "init.gain=-1"], "init.gain=-1: must be a finite number > 0"),
     (["init=kaiming", "init.gain=nan"], "init.gain=nan"),
-    (["init=kaiming", "init.std=2"], "init.std=2.0: init=kaiming takes only gain, mode, bias"),
+    (["init=kaiming", "init.std=2"], "init.std=2: init=kaiming takes only gain, mode, bias"),
     (["init=kaiming", "init.mode=null"], "init.mode=null: init=kaiming needs"),
     (["init=uniform", "init.a=1", "init.b=0"], "need a < b"),
     (["act=prelu", "act.slope=-0.5"], "act.slope=-0.5: prelu needs a finite slope >= 0"),
     (["act=prelu", "act.slope=nan"], "act.slope=nan"),
     (["act=relu", "act.slope=0.1"], "only leaky_relu and prelu take a slope"),
     (["model=cnn", "model.kernel_size=4"], "model.kernel_size=4: must be odd"),
+    (["init.name=kaiming"], "init.name=kaiming: choose the option as init=kaiming"),
 ])
 def test_out_of_range_values_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -18,7 +18,7 @@ SIZE = ("width=512", "batch_size=256", "trials=4")
 
 
 def measure(*overrides, depth=30):
-    return propbench.run(cfg(f"depth={depth}", *SIZE, *overrides))
+    return propbench.run(cfg(f"depth={depth}", *SIZE, *overrides)).frame
 
 
 def test_relu_kaiming_keeps_variance_forward_and_backward():
@@ -99,18 +99,16 @@ def test_inputs_and_weights_are_independent_streams():
 
 def test_cnn_kaiming_fan_in_keeps_forward_and_default_loses_six_fold():
     common = ("model=cnn", "width=64", "batch_size=32", "model.image_size=16", "trials=2")
-    kaiming = propbench.run(cfg("depth=20", "act=relu", "init=kaiming", *common))
+    kaiming = propbench.run(cfg("depth=20", "act=relu", "init=kaiming", *common)).frame
     assert per_layer_factor(layer_var(kaiming)) == pytest.approx(1.0, abs=0.05)
-    default = propbench.run(cfg("depth=6", "act=relu", "init=default", "bias=false", *common))
+    default = propbench.run(cfg("depth=6", "act=relu", "init=default", "bias=false", *common)).frame
     assert per_layer_factor(layer_var(default)[1:]) == pytest.approx(1 / 6, rel=0.08)
 
 
 def test_float64_extends_the_range_before_overflow():
-    from propbench.verdict import summarize
-
     common = ("init=normal", "init.std=3", "depth=120", "width=64", "batch_size=32")
-    f32 = summarize(propbench.run(cfg(*common)))["activation"]["first_nonfinite_layer"]
-    f64 = summarize(propbench.run(cfg(*common, "dtype=float64")))["activation"]["first_nonfinite_layer"]
+    f32 = propbench.run(cfg(*common)).summary["activation"]["first_nonfinite_layer"]
+    f64 = propbench.run(cfg(*common, "dtype=float64")).summary["activation"]["first_nonfinite_layer"]
     # per layer the variance grows by width * std^2 / 2 = 288 (10^2.46); elements overflow
     # when the std passes 3.4e38 (float32) or 1.8e308 (float64): about layers 31 and 250
     assert 25 <= f32 <= 40

@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 import propbench  # noqa: E402
 from propbench.plots import MIN_DECADES, save_propagation  # noqa: E402
@@ -12,7 +13,7 @@ from tests.conftest import cfg  # noqa: E402
 
 def test_two_labelled_log_panels_titled_with_the_config():
     frame = propbench.run(cfg("depth=6", "width=16", "batch_size=8", "act=prelu", "init=kaiming",
-                              "trials=2"))
+                              "trials=2")).frame
     axes = propbench.plot_propagation(frame)
     assert [ax.get_yscale() for ax in axes] == ["log", "log"]
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
@@ -44,13 +45,39 @@ def test_overflow_and_underflow_are_marked_not_dropped():
     assert "no finite, non-zero variance to show" in [t.get_text() for t in ax.texts]
 
 
-def test_deep_frame_renders(tmp_path):
+def test_deep_frame_renders_as_lines_over_every_layer(tmp_path):
+    from matplotlib.figure import Figure
+
     layers = np.arange(1, 1001)
     rows = [pd.DataFrame(dict(layer=layers, site=s, quantity=q, var=0.9**layers, nonfinite=0,
                               trial=0)) for s in ("pre", "post") for q in ("activation", "gradient")]
-    path = tmp_path / "deep.png"
-    save_propagation(pd.concat(rows), path)
-    assert path.stat().st_size > 10_000
+    frame = pd.concat(rows)
+    axes = propbench.plot_propagation(frame, Figure().subplots(1, 2))
+    for ax in axes:
+        lines = [line for line in ax.get_lines() if line.get_label() and not line.get_label().startswith("_")]
+        assert len(lines) == 2 and all(len(line.get_xdata()) == 1000 for line in lines)
+        assert all(line.get_marker() in (None, "None", "") for line in lines)  # no markers past 30
+        assert ax.get_xlim() == (0, 1000)
+    save_propagation(frame, tmp_path / "deep.png")
+    assert (tmp_path / "deep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_phase_diagram_draws_the_measured_plane_and_the_critical_line():
+    from matplotlib.figure import Figure
+
+    from propbench.theory import critical_sigma_w2
+
+    table = pd.DataFrame({"init.sigma_w2": [1.0, 3.0, 1.0, 3.0], "init.sigma_b2": [0.0, 0.0, 0.1, 0.1],
+                          "gradient_log10_ratio": [-4.0, 3.0, -np.inf, np.nan]})
+    ax = propbench.plot_phase_diagram(table, "tanh", ax=Figure().subplots())
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == sorted(["-4.0", "+3.0", "\u2212\u221e", "inf/NaN"])
+    (line,) = [line for line in ax.get_lines() if "edge of chaos" in line.get_label()]
+    sigma_w2, sigma_b2 = line.get_xdata(), line.get_ydata()
+    assert sigma_b2.min() == 0.0 and sigma_b2.max() == 0.1
+    assert sigma_w2[0] == pytest.approx(critical_sigma_w2("tanh", 0.0))  # chi_1 = 1: sigma_w2 = 1
+    assert sigma_w2[-1] == pytest.approx(critical_sigma_w2("tanh", 0.1))
+    assert ax.get_xlim() == pytest.approx((0.0, 4.0)) and ax.get_ylim() == pytest.approx((-0.05, 0.15))
 
 
 def test_a_constant_signal_is_marked_as_constant_not_underflow():

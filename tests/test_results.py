@@ -6,20 +6,19 @@ import pytest
 import propbench
 from propbench.errors import ResultsError
 from propbench.results import read_summary, write_stats, write_summary
-from propbench.runner import execute
 from tests.conftest import cfg
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
-    execute(cfg("depth=4", "width=16", "batch_size=8", "trials=2"), folder)
+    propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2"), folder)
     return folder
 
 
 def test_round_trip_keeps_every_number(run_folder):
     frame = propbench.load(run_folder)
-    again = propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2"))
+    again = propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2")).frame
     pd.testing.assert_frame_equal(frame, again.astype(frame.dtypes.to_dict()), rtol=1e-8)
     assert sorted(frame.trial.unique()) == [0, 1]
 
@@ -61,10 +60,31 @@ def test_load_refuses_truncated_or_edited_csv(run_folder, tmp_path):
         propbench.load(bad)
 
 
-def test_stats_written_atomically(tmp_path):
-    frame = pd.DataFrame({"a": [1]})
-    write_stats(tmp_path, frame)
-    assert [p.name for p in tmp_path.iterdir()] == ["stats.csv"]
+def test_stats_written_atomically(tmp_path, monkeypatch):
+    write_stats(tmp_path, pd.DataFrame({"a": [1]}))
+    before = (tmp_path / "stats.csv").read_bytes()
+
+    def fail_midway(self, path, **kwargs):
+        path.write_text("a\n2\n")  # half of the new file is on disk
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        write_stats(tmp_path, pd.DataFrame({"a": [2, 3]}))
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.csv"]  # no temporary left behind
+    assert (tmp_path / "stats.csv").read_bytes() == before  # the old file, whole
+
+
+def test_an_unaggregated_sweep_is_named_as_such(tmp_path):
+    (tmp_path / "jobs.json").write_text('{"jobs": [{"job": 0, "overrides": ["depth=2"]}]}')
+    for load in (propbench.load, propbench.load_sweep):
+        with pytest.raises(ResultsError, match="sweep not aggregated yet; run python -m propbench.report"):
+            load(tmp_path)
+
+
+def test_load_sweep_refuses_a_run_folder(run_folder):
+    with pytest.raises(ResultsError, match="not a propbench sweep"):
+        propbench.load_sweep(run_folder)
 
 
 def test_results_from_before_the_theory_column_still_load(run_folder, tmp_path):

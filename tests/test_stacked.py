@@ -137,3 +137,14 @@ def test_a_stack_too_big_is_refused_naming_trial_batch():
 def test_trial_batch_is_validated():
     with pytest.raises(ConfigError, match="trial_batch=0: must be >= 1"):
         propbench.run(cfg("trial_batch=0"))
+
+
+def test_one_trial_shares_the_weights_of_its_network():
+    """A single run is T = 1: its stacked network views the built one's weights, so a deep
+    run never holds its weights twice."""
+    for overrides in (["depth=3", "width=8"], ["model=cnn", "depth=2", "width=4", "model.image_size=4"]):
+        model = build_model(settings(cfg(*overrides)))
+        stacked = stack([model])
+        for block, single in zip(stacked.blocks, model.blocks):
+            weight = getattr(block, block.weight_name).weight
+            assert weight.data_ptr() == getattr(single, single.weight_name).weight.data_ptr()

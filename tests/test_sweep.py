@@ -191,3 +191,28 @@ def test_reading_results_never_executes_code(basic_sweep, tmp_path):
     aggregate(copy, figures=False)
     propbench.load(copy)
     assert not marker.exists()
+
+
+def test_check_claim_holds_fails_and_lists_what_it_could_not_check(tmp_path):
+    from propbench.sweep import check_claim
+
+    hydra = tmp_path / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text(
+        "depth: 10\n"
+        "experiment:\n  name: toy\n  claim: ReLU keeps it, tanh does not.\n  source: a paper\n"
+        "  expect:\n"
+        "    - {where: {act: relu}, quantity: activation, verdict: [stable]}\n"
+        "    - {where: {act: tanh, depth: 10}, quantity: gradient, verdict: [exploding, vanishing]}\n"
+        "    - {where: {act: gelu}, quantity: activation, verdict: [stable]}\n")
+    table = pd.DataFrame({"act": ["relu", "relu", "tanh"], "depth": ["10", "20", "10"],
+                          "activation_verdict": ["stable", "stable", "stable"],
+                          "gradient_verdict": ["stable", "stable", "vanishing"]})
+    claim = check_claim(tmp_path, table)
+    assert (claim["name"], claim["source"]) == ("toy", "a paper")
+    assert [c["held"] for c in claim["checks"]] == [True, True, None]  # gelu: no such job
+    assert claim["checks"][1]["got"] == ["vanishing"] and claim["held"]
+    table.loc[1, "activation_verdict"] = "exploding"
+    assert not check_claim(tmp_path, table)["held"]
+    (hydra / "config.yaml").write_text("depth: 10\n")
+    assert check_claim(tmp_path, table) is None  # not an experiment

@@ -134,26 +134,24 @@ def test_auto_gain():
 
 
 def test_frame_carries_theory_and_summary_states_it(tmp_path):
-    from propbench.runner import execute
-
-    result = execute(cfg("depth=4", "width=64", "batch_size=32", "act=tanh", "init=xavier"), tmp_path)
+    result = propbench.run(cfg("depth=4", "width=64", "batch_size=32", "act=tanh", "init=xavier"), tmp_path)
     frame, block = result.frame, result.summary["theory"]
     assert frame.loc[frame.site == "pre", "theory"].notna().all()
     assert block["applies"] and {"chi_1", "q_star", "xi_q", "xi_c", "c_star"} <= set(block)
     assert propbench.load(tmp_path)["theory"].notna().any()
-    bn = execute(cfg("depth=4", "width=64", "batch_size=32", "model.norm=batchnorm"))
+    bn = propbench.run(cfg("depth=4", "width=64", "batch_size=32", "model.norm=batchnorm"))
     assert bn.frame["theory"].isna().all()
     assert not bn.summary["theory"]["applies"] and "BatchNorm" in bn.summary["theory"]["note"]
 
 
 def test_uniform_and_normal_of_equal_variance_share_a_prediction():
     std = 0.05
-    normal = propbench.run(cfg("depth=3", "width=32", "batch_size=8", "init=normal", f"init.std={std}"))
+    normal = propbench.run(cfg("depth=3", "width=32", "batch_size=8", "init=normal", f"init.std={std}")).frame
     bound = std * math.sqrt(3)
     uniform = propbench.run(cfg("depth=3", "width=32", "batch_size=8", "init=uniform",
-                                f"init.a={-bound}", f"init.b={bound}"))
+                                f"init.a={-bound}", f"init.b={bound}")).frame
     np.testing.assert_allclose(normal["theory"], uniform["theory"], rtol=1e-12)
-    skewed = propbench.run(cfg("depth=3", "width=32", "batch_size=8", "init=uniform", "init.a=0", "init.b=0.1"))
+    skewed = propbench.run(cfg("depth=3", "width=32", "batch_size=8", "init=uniform", "init.a=0", "init.b=0.1")).frame
     assert skewed["theory"].isna().all()  # non-zero-mean weights: no prediction
 
 
@@ -198,7 +196,7 @@ def test_measured_activation_variance_follows_theory(act, init):
     scheme = MATCHED[act] if init == "matched" else "default"
     width, trials, depth = 1024, 24, 10
     frame = propbench.run(cfg(f"act={act}", f"init={scheme}", f"depth={depth}", f"width={width}",
-                              "batch_size=32", f"trials={trials}"))
+                              "batch_size=32", f"trials={trials}")).frame
     assert np.all(deviation(frame, "activation", "post") < tolerance(width, trials, depth))
     assert np.all(deviation(frame, "activation", "pre") < tolerance(width, trials, depth))
 
@@ -208,7 +206,7 @@ def test_measured_activation_variance_follows_theory(act, init):
 def test_measured_variance_follows_theory_quick(act, init):
     width, trials, depth = 512, 16, 6
     frame = propbench.run(cfg(f"act={act}", f"init={init}", f"depth={depth}", f"width={width}",
-                              "batch_size=32", f"trials={trials}"))
+                              "batch_size=32", f"trials={trials}")).frame
     for quantity, site in (("activation", "post"), ("gradient", "pre")):
         assert np.all(deviation(frame, quantity, site) < tolerance(width, trials, depth)), quantity
 
@@ -227,14 +225,43 @@ def test_numpy_twins_equal_the_torch_activations(act):
     twin = theory.phi(act, slope)
     np.testing.assert_allclose(twin.f(x.detach().numpy()), y.detach().numpy(), atol=1e-12)
     np.testing.assert_allclose(twin.df(x.detach().numpy()), grad.numpy(), atol=1e-12)
-    assert set(theory.PHIS) == set(ACTIVATIONS)
+
+
+def test_cnn_theory_column_is_the_recursion_with_conv_fans_and_its_head():
+    """The CNN branch: fan_in = channels * k^2, the head's cotangent W^T g / (H W), no
+    prediction for weight gradients (positions share weights) and none with pooling."""
+    from propbench.inits import layer_variances
+
+    overrides = ("model=cnn", "depth=3", "width=8", "model.image_size=6", "batch_size=4",
+                 "init=kaiming")
+    result = propbench.run(cfg(*overrides))
+    frame, block = result.frame, result.summary["theory"]
+    assert block["applies"] and block["note"].startswith("mean-field recursion per pixel with zero padding")
+    assert block["sigma_w2"] == pytest.approx(2.0)  # He: fan_in Var(W) = 2 in every layer
+    pre = frame[(frame.quantity == "activation") & (frame.site == "pre")].groupby("layer")["theory"].first()
+    # layer 1: sigma_w2 times the share of the 3x3 taps inside a 6x6 image, (16/18)^2
+    assert pre.iloc[0] == pytest.approx(2.0 * (16 / 18) ** 2)
+    assert (np.diff(pre.to_numpy()) < 0).all()  # the borders keep taking their share
+    weights = frame[(frame.quantity == "gradient") & (frame.site == "weight")]
+    assert weights["theory"].isna().all()
+    model = propbench.build_model(cfg(*overrides))
+    (_, _, head_back), = layer_variances([model.head[-1]], model_init(overrides), "relu")
+    grad_post = frame[(frame.quantity == "gradient") & (frame.site == "post")]
+    last = grad_post[grad_post.layer == 3]["theory"].iloc[0]
+    assert last == pytest.approx(head_back / 6**4)  # the cotangent W^T g / (H W) per position
+    pooled = propbench.run(cfg(*overrides, "model.stage_every=1", "model.pool=avg"))
+    assert pooled.frame["theory"].isna().all() and "pooling" in pooled.summary["theory"]["note"]
+
+
+def model_init(overrides):
+    return propbench.settings(cfg(*overrides)).init
 
 
 def test_input_pairs_follow_the_c_map_to_order_or_chaos():
     common = ("act=tanh", "init=scaled", "init.sigma_b2=0.05", "depth=40", "width=512",
               "batch_size=128", "trials=2")
-    chaotic = propbench.run(cfg(*common, "init.sigma_w2=3", "correlation=0.9"))
-    ordered = propbench.run(cfg(*common, "init.sigma_w2=1.2", "correlation=0.3"))
+    chaotic = propbench.run(cfg(*common, "init.sigma_w2=3", "correlation=0.9")).frame
+    ordered = propbench.run(cfg(*common, "init.sigma_w2=1.2", "correlation=0.3")).frame
     for frame, c_star in ((chaotic, theory.correlation_fixed_point("tanh", 3.0, 0.05)),
                           (ordered, 1.0)):
         rows = frame[(frame.quantity == "correlation") & (frame.site == "pre")].groupby("layer")
