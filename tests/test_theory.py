@@ -311,7 +311,7 @@ def test_wide_cnn_follows_the_padded_recursion():
     # trials scatters by 0.14 / sqrt(8) = 0.05, and we allow 0.2 (4 sd). Ignoring the borders
     # is off by 1.36x (layer 1) to 3.3x (layer 4) forward and 2.5x backward at layer 1.
     frame = propbench.run(cfg("model=cnn", "act=relu", "init=kaiming", "depth=4", "width=256",
-                              "batch_size=8", "trials=8", "model.image_size=4"))
+                              "batch_size=8", "trials=8", "model.image_size=4")).frame
     for quantity, site in (("activation", "post"), ("activation", "pre"), ("gradient", "pre")):
         assert np.all(deviation(frame, quantity, site) < 0.2), (quantity, site)
     flat = theory.predict("relu", 2.0, 0.0, 4)
