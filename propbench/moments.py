@@ -65,13 +65,15 @@ class Moments:
 
     def _views(self, shape: torch.Size, groups: int, device: torch.device) -> tuple:
         """A float64 buffer for tensors of ``shape`` (reused across records) and its views:
-        as ``shape``, per trial (T, n), and as (T * G, 1, m) and (T * G, m, 1) rows."""
+        as ``shape``, per trial (T, n), as (T * G, 1, m) and (T * G, m, 1) rows, as
+        (T * G, m), and the per-trial first elements (T, 1)."""
         key = (shape, groups, device)
         if key not in self.workspace:
             rows = torch.empty(shape.numel(), dtype=torch.float64, device=device)
             size = shape.numel() // (shape[0] * groups)
-            self.workspace[key] = (rows.view(shape), rows.view(shape[0], -1),
-                                   rows.view(-1, 1, size), rows.view(-1, size, 1), rows.view(-1, size))
+            per_trial = rows.view(shape[0], -1)
+            self.workspace[key] = (rows.view(shape), per_trial, rows.view(-1, 1, size),
+                                   rows.view(-1, size, 1), rows.view(-1, size), per_trial[:, :1])
         return self.workspace[key]
 
     def add(self, v: torch.Tensor, per_channel: bool = True) -> None:
@@ -80,7 +82,6 @@ class Moments:
         v = v.detach()
         trials = v.shape[0]
         grouped = per_channel and v.dim() == 5
-        source = v.transpose(1, 2) if grouped else v  # (T, C, N, H, W): a channel per row
         groups = v.shape[2] if grouped else 1
         size = v.numel() // (trials * groups)
         self.groups.append(groups)
@@ -88,19 +89,21 @@ class Moments:
         scale, counts = self._constant(1.0, trials, v.device), self._constant(0.0, trials, v.device)
         if size == 0:
             nothing = self._constant(float("nan"), trials * groups, v.device)
-            for kept in (self.shifts, self.squares, self.sums):
-                kept.append(nothing[:trials] if kept is self.shifts else nothing)
+            self.shifts.append(nothing[:trials])
+            self.squares.append(nothing)
+            self.sums.append(nothing)
             self.scales.append(scale)
             self.counts.append(counts)
             return
-        values, per_trial, row, column, rows = self._views(source.shape, groups, v.device)
+        source = v.transpose(1, 2) if grouped else v  # (T, C, N, H, W): a channel per row
+        values, per_trial, row, column, rows, first = self._views(source.shape, groups, v.device)
         values.copy_(source)  # widened to float64: exact
         if v.dtype == torch.float64:  # divided by 2^e first, so that no square leaves the range
             peak = per_trial.abs().amax(1)
             exponent = torch.frexp(peak).exponent.clamp(-_MAX_EXPONENT, _MAX_EXPONENT)
             scale = torch.exp2(exponent.double())
             per_trial.div_(scale[:, None])  # a power of two: exact
-        shift = per_trial[:, :1].clone()  # each slice's first element
+        shift = first.clone()  # each slice's first element
         per_trial.sub_(shift)
         square = torch.bmm(row, column).view(-1)
         if v.device.type != "cpu" or not np.isfinite(square.numpy()).all():

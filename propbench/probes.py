@@ -83,7 +83,7 @@ class _Tap:
 
     def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
         v = self.split(t, site == "weight")
-        self.meta.append((layer, name, site, quantity, v[0].numel()))
+        self.meta.append((layer, name, site, quantity, v.numel() // v.shape[0]))
         self.stats.add(v, per_channel=site != "weight")
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
             self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
@@ -219,14 +219,27 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
     return pd.concat(frames, ignore_index=True)
 
 
+_SITE_RANK = {s: i for i, s in enumerate(SITES)}
+_QUANTITY_RANK = {q: i for i, q in enumerate(QUANTITIES)}
+
+
 def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame(meta, columns=["layer", "module", "site", "quantity", "n"])
-    mean, var = stats[:, 0], stats[:, 1]
+    """The records as rows in the order quantity, layer, site (firing order breaks ties)."""
+    layer, module, site, quantity, n = (list(column) for column in zip(*meta)) if meta else [[]] * 5
+    order = np.lexsort((np.array([_SITE_RANK.get(s, len(SITES)) for s in site], dtype=np.int64),
+                        np.array(layer, dtype=np.int64),
+                        np.array([_QUANTITY_RANK[q] for q in quantity], dtype=np.int64)))
+    mean, var = stats[order, 0], stats[order, 1]
     with np.errstate(over="ignore", invalid="ignore"):
-        frame["mean"], frame["var"], frame["second_moment"] = mean, var, var + mean * mean
-    frame["nonfinite"] = stats[:, 2].astype(np.int64)
-    frame["channel_mean_sq"], frame["channel_var"] = stats[:, 3], stats[:, 4]
-    site_rank = frame["site"].map({s: i for i, s in enumerate(SITES)})
-    quantity_rank = frame["quantity"].map({q: i for i, q in enumerate(QUANTITIES)})
-    order = np.lexsort((site_rank, frame["layer"], quantity_rank))  # stable: firing order ties
-    return frame.iloc[order][FRAME_COLUMNS].reset_index(drop=True)
+        second_moment = var + mean * mean
+    columns = {
+        "layer": np.array(layer, dtype=np.int64)[order],
+        "module": np.array(module, dtype=object)[order],
+        "site": np.array(site, dtype=object)[order],
+        "quantity": np.array(quantity, dtype=object)[order],
+        "mean": mean, "var": var, "second_moment": second_moment,
+        "n": np.array(n, dtype=np.int64)[order],
+        "nonfinite": stats[order, 2].astype(np.int64),
+        "channel_mean_sq": stats[order, 3], "channel_var": stats[order, 4],
+    }
+    return pd.DataFrame(columns, columns=FRAME_COLUMNS)
