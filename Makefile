@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-all figures experiments bench clean
+.PHONY: install run test test-all figures experiments bench gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ experiments: install  ## run the six experiments; figures and summaries land in 
 
 bench: install  ## probe vs bare vs naive hooks, start-up, sweeps; results/bench/<device>.csv
 	$(PY) -m propbench.bench
+
+# A GPU machine with its own torch but no index: bring the pure-Python packages it lacks.
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 hydra-joblib-launcher==1.2.0
+gpu-wheels: install  ## fetch into .wheels/ what a CUDA machine with torch lacks (for gpu-check)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .wheels $(GPU_WHEELS)
+	$(PY) -m pip wheel --quiet --no-deps -w .wheels antlr4-python3-runtime==4.9.3
+
+GPU_OUT ?= results/gpu-check
+gpu-check:  ## on a CUDA machine (no .venv needed): CUDA tests, GPU benchmark, CLI vs CPU; < 8 min
+	bash .ci/gpu-check $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
