@@ -93,7 +93,7 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
     probed = summary.get("probe")
     if probed:
         print(f"  probed: {probed.get('blocks') or 'no repeated blocks: layers by projection'}; "
-              f"backpropagated from the output {probed['output']}")
+              f"backpropagated from {'the output' if probed['output'] == 'output' else probed['output']}")
     for quantity in SIGNALS:
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))

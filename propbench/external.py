@@ -109,14 +109,13 @@ def unchanged(model: nn.Module) -> Iterator[None]:
     buffer's value on leaving (see the module's doc)."""
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    buffers = [(b, b._version, b.detach().clone()) for b in model.buffers()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, version, saved in buffers:
-                if buffer._version != version:
-                    buffer.copy_(saved)
+        with torch.no_grad():  # every one: kernels update running statistics without a trace
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         for module, training in modes:
             module.training = training
         for parameter, flag in flags:

@@ -53,7 +53,10 @@ def setup(cfg: Any) -> Setup:
     refuse a run the free memory cannot hold; ConfigError with one line otherwise."""
     s = settings(cfg)
     device = resolve_device(s.device)
-    if s.model.name == "custom":  # its memory is not estimated; one trial at a time
+    if s.model.name == "custom":  # built once to check it; no memory estimate; one trial at a time
+        from propbench.external import check_model, original
+
+        check_model(original(build_model(s)))
         return Setup(s, device, 1)
     at_once = trials_at_once(s, device)
     check_memory(s, device, at_once)
