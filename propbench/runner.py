@@ -167,8 +167,10 @@ def _measure_custom(job: Setup) -> pd.DataFrame:
             seed = trial_seeds(s.seed, t)
             model = build_model(s, seed=seed.weights).to(job.device)
             x = custom_inputs(s, seed.inputs).to(job.device)
-            with warnings.catch_warnings(record=True) as caught:
+            devices = [job.device] if job.device.type == "cuda" else []
+            with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices):
                 warnings.simplefilter("always", ProbeWarning)
+                torch.manual_seed(seed.cotangent)  # dropout in train mode: reproducible masks
                 frame = probe(model, x, blocks=blocks, output=s.probe.output,
                               sites=dict(s.probe.sites), seed=seed.cotangent, keep_grads=False)
             for warning in caught:
