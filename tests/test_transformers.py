@@ -54,6 +54,10 @@ def test_gpt2_blocks_are_its_hidden_states():
     summary = summarize(frame)
     assert summary["activation"]["site"] == summary["gradient"]["site"] == "block"
     assert summary["activation"]["layers"] == N_LAYER
+    # ln_f (weight 1) divides the stream by its standard deviation: the N(0, 1) cotangent
+    # reaches the last block's output with variance 1 / Var(stream) (measured 1.02 at d = 64)
+    stream = frame[frame.site == "block"].groupby(["quantity", "layer"])["var"].first()
+    assert stream["gradient"][N_LAYER] * stream["activation"][N_LAYER] == pytest.approx(1.0, abs=0.1)
 
 
 def test_bert_takes_dict_inputs_and_its_stream_gradient_is_flat():
