@@ -62,7 +62,8 @@ def config_title(frame: pd.DataFrame) -> str:
     first = frame.iloc[0]
     if first["model"] not in ("mlp", "cnn"):  # model=custom: the factory's own layers
         trials = frame["trial"].nunique() if "trial" in frame.columns else 1
-        unit = "blocks" if (frame["site"] == "block").any() else "layers"
+        unit = "block" if (frame["site"] == "block").any() else "layer"
+        unit += "s" if first["depth"] != 1 else ""
         return " \u00b7 ".join([str(first["model"]), f"{first['depth']} {unit}",
                                 f"batch {first['batch_size']}",
                                 f"{trials} trial{'s' if trials > 1 else ''}"])

@@ -34,9 +34,12 @@ SIGNALS = {"activation": ("post", True), "gradient": ("pre", False)}
 
 def signal_site(frame: pd.DataFrame, quantity: str) -> str:
     """The site a verdict reads: ``block`` where the frame has block rows of ``quantity``,
-    else the one :data:`SIGNALS` names."""
-    blocks = (frame["site"] == "block") & (frame["quantity"] == quantity)
-    return "block" if blocks.any() else SIGNALS[quantity][0]
+    else the one :data:`SIGNALS` names -- or ``pre`` where the frame has none of those (a
+    model without activation modules)."""
+    present = set(frame.loc[frame["quantity"] == quantity, "site"])
+    if "block" in present:
+        return "block"
+    return SIGNALS[quantity][0] if SIGNALS[quantity][0] in present or "pre" not in present else "pre"
 
 
 def layer_variance(frame: pd.DataFrame, quantity: str, site: str) -> pd.Series:
@@ -186,6 +189,8 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
         "activation": "post-activation variance, last / first layer",
         "gradient": "pre-activation gradient variance, first / last layer",
     }[quantity]
+    if result.get("site") == "pre" and quantity == "activation":
+        what = "pre-activation variance, last / first layer"
     if result.get("site") == "block":
         what = {"activation": "block output variance, last / first block",
                 "gradient": "block output gradient variance, first / last block"}[quantity]
