@@ -181,6 +181,7 @@ class ProbeConfig:
 
     blocks: str = "auto"  # auto: the repeated blocks found; none; or a glob of module paths
     output: Optional[str] = None  # the key of a dict / ModelOutput output; null: the first tensor
+    backward_from: str = "output"  # output | last_block: the cotangent enters there
     sites: dict[str, Optional[str]] = field(default_factory=dict)  # glob -> pre | norm | post | null
 
 
@@ -334,6 +335,8 @@ def _check_custom(s: PropbenchConfig) -> None:
         raise ConfigError(f"{which}: model=custom keeps the layers and init its factory builds")
     if s.correlation is not None:
         raise ConfigError("correlation: model=custom does not take input pairs")
+    if s.probe.backward_from not in ("output", "last_block"):
+        raise ConfigError(f"probe.backward_from={s.probe.backward_from}: choose output or last_block")
     for key, site in s.probe.sites.items():
         if site is not None and site not in SITE_NAMES:
             raise ConfigError(f"probe.sites.{key}={site}: choose one of {', '.join(SITE_NAMES)} or null")

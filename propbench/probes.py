@@ -75,6 +75,7 @@ class _Tap:
     blocks: dict[nn.Module, int] = field(default_factory=dict)  # block -> its index 1..n
     inside: list[int] = field(default_factory=list)  # the blocks running now, innermost last
     calls: dict[nn.Module, int] = field(default_factory=dict)  # firings so far, per module
+    stream: Optional[tuple[str, torch.Tensor]] = None  # the last block output (a reference)
     meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
@@ -125,6 +126,7 @@ class _Tap:
         if stream is None:
             return
         layer, name = self.blocks[module], self._name(module)
+        self.stream = (name, stream)
         self.record(layer, name, "block", "activation", stream)
         if stream.requires_grad:
             stream.register_hook(partial(self.grad_hook, layer, name, "block"))
@@ -153,7 +155,7 @@ def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module
              cotangent: Callable[[torch.Tensor], torch.Tensor], pairs: bool, keep_grads: bool,
              split: Callable[..., torch.Tensor] = _one_trial,
              blocks: Sequence[tuple[str, nn.Module]] = (), output_key: OutputKey = None,
-             sites: Optional[dict] = None,
+             sites: Optional[dict] = None, backward_from: str = "output",
              notes: Optional[dict[str, Any]] = None) -> tuple[list[tuple], np.ndarray]:
     """One forward+backward with the hooks; the records' metadata and their stats as a
     (records, trials, 5) array. ``notes`` (if given) receives the output's name and the
@@ -173,6 +175,11 @@ def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module
                         for p in model.parameters() if p.requires_grad]
     try:
         output, output_name = pick_output(call(model, inputs), output_key)
+        if backward_from == "last_block":  # the head left out of the backward pass too
+            if tap.stream is None:
+                raise ProbeError("backward_from='last_block': the model has no block that ran")
+            output_name, output = f"{tap.stream[0]} (the last block's output)", tap.stream[1]
+        tap.stream = None
         if output.requires_grad:
             output.backward(cotangent(output).to(output.device))
     finally:
@@ -195,6 +202,7 @@ def probe(
     blocks: Any = None,
     output: OutputKey = None,
     sites: Optional[dict[Any, Optional[str]]] = None,
+    backward_from: str = "output",
     cotangent: Optional[torch.Tensor] = None,
     seed: int = 0,
     pairs: bool = False,
@@ -206,7 +214,10 @@ def probe(
     dict (keyword arguments, e.g. a tokenizer's ``input_ids``/``attention_mask``). The
     tensor backpropagated is the output, or picked from a dict, ``ModelOutput`` or tuple by
     ``output`` (a key, an index or a callable; default: the first tensor, e.g.
-    ``last_hidden_state`` or ``logits``); ``frame.attrs["output"]`` names it.
+    ``last_hidden_state`` or ``logits``); ``frame.attrs["output"]`` names it. With
+    ``backward_from="last_block"`` the cotangent enters at the last block's output instead,
+    so that the head does not shape the gradient either (a ViT's classifier reads one token,
+    and from its output the other tokens get no gradient at the last block).
 
     ``modules`` are the modules to tap (default: every module :mod:`propbench.sites`
     recognises -- Linear/Conv/``Conv1D`` -> ``pre``, normalizations -> ``norm``,
@@ -254,7 +265,11 @@ def probe(
     model = original(model)
     check_model(model)
     sites = check_sites(sites)
+    if backward_from not in ("output", "last_block"):
+        raise ProbeError(f"backward_from={backward_from!r}: choose 'output' or 'last_block'")
     chosen = select_blocks(model, AUTO if blocks is None and modules is None else blocks)
+    if backward_from == "last_block" and not chosen:
+        raise ProbeError("backward_from='last_block' needs blocks: none were found or named")
 
     def draw(out: torch.Tensor) -> torch.Tensor:
         return _normal(out.shape, seed, out.dtype) if cotangent is None else cotangent
@@ -262,7 +277,8 @@ def probe(
     notes: dict[str, Any] = {}
     with unchanged(model):
         meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads, blocks=chosen,
-                               output_key=output, sites=sites, notes=notes)
+                               output_key=output, sites=sites, backward_from=backward_from,
+                               notes=notes)
     frame = _frame(meta, stats[:, 0])
     frame.attrs.update(output=notes["output"], blocks=block_summary(chosen))
     for warning in _warnings(frame, notes["silent"]):

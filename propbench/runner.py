@@ -172,7 +172,8 @@ def _measure_custom(job: Setup) -> pd.DataFrame:
                 warnings.simplefilter("always", ProbeWarning)
                 torch.manual_seed(seed.cotangent)  # dropout in train mode: reproducible masks
                 frame = probe(model, x, blocks=blocks, output=s.probe.output,
-                              sites=dict(s.probe.sites), seed=seed.cotangent, keep_grads=False)
+                              sites=dict(s.probe.sites), backward_from=s.probe.backward_from,
+                              seed=seed.cotangent, keep_grads=False)
             for warning in caught:
                 if issubclass(warning.category, ProbeWarning):
                     notes.setdefault(str(warning.message), None)

@@ -230,3 +230,38 @@ def test_one_layer_is_undetermined_not_stable():
     summary = summarize(frame)
     assert summary["activation"]["verdict"] == summary["gradient"]["verdict"] == "undetermined"
     assert "1 layer: no ratio to judge" in describe("activation", summary["activation"])
+
+
+class ViT(nn.Module):
+    """timm's layout: patch embedding, a class token, pre-LN blocks, a head on the class token."""
+
+    def __init__(self, depth=6, d=32, patch=4):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, d, patch, patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[PreNormBlock(d) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = self.blocks(torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1))
+        return self.head(self.norm(x)[:, 0])
+
+
+def test_the_cotangent_can_enter_at_the_last_block():
+    """The head reads the class token only, so from the output the other tokens get no
+    gradient at the last block; from the last block's output every element gets the
+    standard-normal cotangent (variance 1 over 8 x 17 x 32 draws), and the head none."""
+    torch.manual_seed(0)
+    net, x = ViT(), torch.randn(8, 3, 16, 16)
+    last = {}
+    for start in ("output", "last_block"):
+        frame = probe(net, x, backward_from=start)
+        grads = frame[frame.quantity == "gradient"]
+        last[start] = grads[(grads.site == "block") & (grads.layer == 6)].iloc[0]
+    assert frame.attrs["output"] == "blocks.5 (the last block's output)"
+    assert last["last_block"]["var"] == pytest.approx(1.0, abs=0.05)
+    assert last["last_block"]["n"] == last["output"]["n"] == 8 * 17 * 32
+    assert "head" not in set(grads.module) and "norm" not in set(grads.module)
+    with pytest.raises(ProbeError, match="needs blocks"):
+        probe(nn.Sequential(nn.Linear(2, 2)), torch.randn(2, 2), backward_from="last_block")
