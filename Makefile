@@ -27,6 +27,11 @@ figures: install  ## regenerate the figures the README shows
 	cp results/figures/prelu_kaiming_d50/propagation.png results/figures/prelu_kaiming_d50.png
 	$(PY) -m propbench depth=50 init=default act=relu hydra.run.dir=results/figures/relu_default_d50
 	cp results/figures/relu_default_d50/propagation.png results/figures/relu_default_d50.png
+	$(PY) -m propbench model=custom model._target_=transformers.GPT2Model \
+	  model.config._target_=transformers.GPT2Config model.config.n_layer=12 model.config.n_embd=256 \
+	  model.config.n_head=8 input.shape=[64] input.kind=tokens input.vocab_size=50257 batch_size=8 \
+	  trials=4 hydra.run.dir=results/figures/gpt2_blocks
+	cp results/figures/gpt2_blocks/propagation.png results/figures/gpt2_blocks.png
 
 EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos
 

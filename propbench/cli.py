@@ -90,6 +90,10 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
         fail(str(err))
     summary = result.summary
     print(f"{PROG}: {config_title(result.frame)} on {summary['device']}, {summary['elapsed_s']:.2f} s")
+    probed = summary.get("probe")
+    if probed:
+        print(f"  probed: {probed.get('blocks') or 'no repeated blocks: layers by projection'}; "
+              f"backpropagated from {'the output' if probed['output'] == 'output' else probed['output']}")
     for quantity in SIGNALS:
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))
@@ -103,6 +107,8 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
 def _warn_range(summary: dict[str, Any]) -> None:
     from propbench.verdict import range_warning
 
+    for warning in summary.get("probe", {}).get("warnings", []):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     warning = range_warning(summary, summary["config"]["dtype"])
     if warning:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)

@@ -31,6 +31,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
+InputKind = Enum("InputKind", {v: v for v in ("normal", "tokens")}, module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -100,7 +101,88 @@ class CNNConfig(ModelConfig):
         return super().theory_gap()
 
 
-MODELS: dict[str, type[ModelConfig]] = {model.name: model for model in (MLPConfig, CNNConfig)}
+@dataclass
+class CustomConfig(ModelConfig):
+    """Any ``nn.Module`` a factory builds: ``_target_`` names the factory (a class or a
+    function, ``pkg.module.name``), called with every further key of ``model`` as a keyword
+    argument by Hydra's ``instantiate`` (a nested ``_target_`` is instantiated first, so
+    ``model.config._target_=transformers.GPT2Config`` builds a model's config in place).
+    The keys reach the factory as ``kwargs`` (filled by :func:`settings`)."""
+
+    name: str = "custom"
+    _target_: str = "???"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the factory's keyword arguments
+
+    def check(self) -> None:
+        if self.norm != Norm.none:
+            raise ConfigError("model.norm: model=custom has the normalization its factory builds")
+        try:
+            factory = locate(self._target_)
+        except Exception as err:  # noqa: BLE001 -- any failure to import is the same mistake
+            raise ConfigError(f"model._target_={self._target_}: cannot be imported "
+                              f"({type(err).__name__}: {_one_line(err)})") from None
+        if not callable(factory):
+            raise ConfigError(f"model._target_={self._target_}: is a {type(factory).__name__}, "
+                              "not a class or function that builds a model")
+
+    def footprint(self) -> tuple[int, int]:
+        return 0, 0  # unknown: a custom model's memory is not estimated
+
+    def theory_gap(self) -> Optional[str]:
+        return "a model propbench did not build: no mean-field recursion for it"
+
+
+MODELS: dict[str, type[ModelConfig]] = {model.name: model for model in (MLPConfig, CNNConfig, CustomConfig)}
+# keys of model=custom that are its own, not the factory's
+CUSTOM_KEYS = ("name", "_target_", "norm", "kwargs")
+
+
+def locate(path: str) -> Any:
+    """The object at ``pkg.module.name``: the longest importable module prefix, then
+    attributes (what Hydra's ``instantiate`` resolves, without its logging)."""
+    import importlib
+
+    parts = path.split(".")
+    if not path or not all(parts):
+        raise ImportError(f"not a dotted path: {path!r}")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as err:
+            if err.name and not ".".join(parts[:cut]).startswith(err.name):
+                raise  # the module exists but imports something missing
+            continue
+        for i, attribute in enumerate(parts[cut:], cut):
+            if not hasattr(found, attribute):
+                raise AttributeError(f"{'.'.join(parts[:i])} has no attribute {attribute!r}")
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(f"no module named {parts[0]!r}")
+
+
+def _one_line(err: BaseException) -> str:
+    """An error's whole message on one line (Hydra's import errors span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+@dataclass
+class InputConfig:
+    """The inputs of ``model=custom`` (the built-in models know theirs): ``batch_size``
+    examples of ``shape`` each."""
+
+    shape: Optional[list[int]] = None  # one example's shape: [3, 224, 224] (an image), [128] (tokens)
+    kind: InputKind = InputKind.normal  # normal: standard normal; tokens: integer ids
+    vocab_size: Optional[int] = None  # tokens: ids uniform in 0 .. vocab_size - 1
+
+
+@dataclass
+class ProbeConfig:
+    """How ``model=custom`` is probed (see :func:`propbench.probe`)."""
+
+    blocks: str = "auto"  # auto: the repeated blocks found; none; or a glob of module paths
+    output: Optional[str] = None  # the key of a dict / ModelOutput output; null: the first tensor
+    backward_from: str = "output"  # output | last_block: the cotangent enters there
+    sites: dict[str, Optional[str]] = field(default_factory=dict)  # glob -> pre | norm | post | null
 
 
 @dataclass
@@ -156,6 +238,8 @@ class PropbenchConfig:
     # c0: feed batch_size/2 pairs of inputs with correlation c0 and record, per layer, the
     # mean cosine similarity of each pair's representations (quantity=correlation)
     correlation: Optional[float] = None
+    input: InputConfig = field(default_factory=InputConfig)  # model=custom only
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # model=custom only
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:
@@ -222,6 +306,40 @@ def validate(s: PropbenchConfig) -> None:
     s.model.check()
     _check_slope(s.act)
     s.init.check()
+    if s.model.name == "custom":
+        _check_custom(s)
+    else:
+        for key, default in (("input", InputConfig()), ("probe", ProbeConfig())):
+            if getattr(s, key) != default:
+                raise ConfigError(f"{key}: only model=custom takes it ({s.model.name} knows its "
+                                  "inputs and layers)")
+
+
+def _check_custom(s: PropbenchConfig) -> None:
+    """What a model built by someone else needs: an input spec, and no propbench init."""
+    from propbench.sites import SITE_NAMES
+
+    if s.input.shape is None:
+        raise ConfigError("input.shape: model=custom needs one example's shape, e.g. "
+                          "input.shape=[3,32,32] or input.shape=[128] (tokens)")
+    for size in s.input.shape:
+        _at_least("input.shape", size, 1)
+    if s.input.kind == InputKind.tokens:
+        if s.input.vocab_size is None or s.input.vocab_size < 1:
+            raise ConfigError(f"input.vocab_size={s.input.vocab_size}: input.kind=tokens needs "
+                              "a vocabulary size >= 1")
+    elif s.input.vocab_size is not None:
+        raise ConfigError("input.vocab_size: only input.kind=tokens takes it")
+    if s.init.name != "default" or s.act.name != "relu":
+        which = f"init={s.init.name}" if s.init.name != "default" else f"act={s.act.name}"
+        raise ConfigError(f"{which}: model=custom keeps the layers and init its factory builds")
+    if s.correlation is not None:
+        raise ConfigError("correlation: model=custom does not take input pairs")
+    if s.probe.backward_from not in ("output", "last_block"):
+        raise ConfigError(f"probe.backward_from={s.probe.backward_from}: choose output or last_block")
+    for key, site in s.probe.sites.items():
+        if site is not None and site not in SITE_NAMES:
+            raise ConfigError(f"probe.sites.{key}={site}: choose one of {', '.join(SITE_NAMES)} or null")
 
 
 def _schema() -> Any:
@@ -240,9 +358,14 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
+    from omegaconf import OmegaConf
+
     cs.store(name="propbench_schema", node=_schema())
     for name, model in MODELS.items():
-        cs.store(group="model", name=name, node=model())
+        node = OmegaConf.structured(model)
+        if model is CustomConfig:  # its further keys are the factory's arguments
+            OmegaConf.set_struct(node, False)
+        cs.store(group="model", name=name, node=node)
     for name, spec in ACTIVATIONS.items():
         cs.store(group="act", name=name, node=ActConfig(name, spec.slope))
     for name, scheme in INITS.items():
@@ -286,16 +409,47 @@ def settings(cfg: Any) -> PropbenchConfig:
             raise ConfigError(f"{f.name}: required (it was deleted); set it, e.g. {f.name}=...")
     for group in GROUPS:
         for f in fields(OmegaConf.get_type(cfg[group])):
+            if group == "model" and f.name == "_target_" and OmegaConf.is_missing(cfg.model, f.name):
+                raise ConfigError("model._target_: model=custom needs the factory that builds the "
+                                  "model, e.g. model._target_=pkg.module.build_model")
             if f.name not in cfg[group]:
                 raise ConfigError(f"{group}.{f.name}: required (it was deleted)")
     if "hydra" in cfg:
         cfg = cfg.copy()
         with open_dict(cfg):
             del cfg["hydra"]  # its job-time interpolations cannot resolve here
+    factory_kwargs = _refuse_unknown_keys(cfg)
     try:
-        return OmegaConf.to_object(cfg)
+        s = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:  # an interpolation that does not resolve
         raise ConfigError(first_line(err)) from None
+    if factory_kwargs:
+        s.model.kwargs = {**s.model.kwargs, **factory_kwargs}
+    return s
+
+
+def _refuse_unknown_keys(cfg: Any) -> dict[str, Any]:
+    """ConfigError for a key no schema has (``+foo=1``, ``+model.foo=1`` would otherwise be
+    dropped without a word); model=custom's further keys, its factory's arguments, returned."""
+    from omegaconf import OmegaConf
+
+    top = {f.name for f in fields(PropbenchConfig)}
+    for key in cfg:
+        if key not in top:
+            raise ConfigError(f"{key}: unknown key{_suggest(str(key))}")
+    for group in [*GROUPS, "input", "probe"]:
+        schema = OmegaConf.get_type(cfg[group])
+        own = {f.name for f in fields(schema)}
+        extra = [str(k) for k in cfg[group] if k not in own]
+        if not extra:
+            continue
+        if schema is CustomConfig:
+            return {k: OmegaConf.to_container(cfg.model, resolve=True)[k] for k in extra}
+        option = f"{group}={cfg[group].name} takes" if group in GROUPS else f"{group} has"
+        hint = "; a model of your own is model=custom model._target_=..." if extra[0] == "_target_" else ""
+        raise ConfigError(f"{group}.{extra[0]}: unknown key; {option} only "
+                          f"{', '.join(k for k in own if k != 'name')}{hint}")
+    return {}
 
 
 # --- composition errors as one line -------------------------------------------------------

@@ -15,6 +15,16 @@ class ConfigError(PropbenchError, ValueError):
     """A configuration value is out of range, inapplicable, or unavailable here."""
 
 
+class ProbeError(PropbenchError, ValueError):
+    """A model or an argument :func:`propbench.probe` cannot work with (meta device, no
+    float parameter, an unknown block or output name)."""
+
+
+class ProbeWarning(UserWarning):
+    """The probe saw less than the caller may think: no recognised layer, a tapped module
+    that never ran, no activation rows."""
+
+
 class ResultsError(PropbenchError, ValueError):
     """A results folder or file is missing, incomplete or malformed."""
 

@@ -114,9 +114,36 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> DeepStack:
     s = settings(cfg)
     if seed is None:
         seed = trial_seeds(s.seed, 0).weights
+    if s.model.name == "custom":
+        return build_custom(s, seed)
     build = choose(BUILDERS, s.model.name, "model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(s, DTYPES[s.dtype])
         init_model(model, s.init, s.act.name, s.act.slope)
     return model
+
+
+def build_custom(s: PropbenchConfig, seed: int) -> nn.Module:
+    """``model=custom``: the factory ``model._target_`` called with the further keys of
+    ``model`` by Hydra's ``instantiate``, drawing from torch's global generator seeded with
+    ``seed`` (inside ``fork_rng``), so a factory that initializes its own weights (every
+    ``torch.nn`` layer, ``transformers``' ``_init_weights``) is reproducible; then cast to
+    ``dtype``. ConfigError with one line if the factory fails or builds no ``nn.Module``."""
+    from hydra.utils import instantiate
+
+    from propbench.config import _one_line
+    from propbench.errors import ConfigError
+
+    target = s.model._target_
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = instantiate({"_target_": target, **s.model.kwargs}, _convert_="all")
+        except Exception as err:  # noqa: BLE001 -- the factory's failure is the config's
+            cause = err.__cause__ or err
+            raise ConfigError(f"model._target_={target}: building it failed: "
+                              f"{type(cause).__name__}: {_one_line(cause)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model._target_={target}: built a {type(model).__name__}, not an nn.Module")
+    return model.to(DTYPES[s.dtype]) if s.dtype == DType.float64 else model

@@ -16,6 +16,7 @@ SITE_STYLE = {  # site -> (label, colour)
     "pre": ("pre-activation (Linear/Conv output)", "C0"),
     "norm": ("normalized (BatchNorm output)", "C2"),
     "post": ("post-activation", "C1"),
+    "block": ("block output (the stream between blocks)", "C4"),
     "weight": ("weight", "C3"),
 }
 PANELS = {  # quantity -> (panel title, label prefix)
@@ -56,8 +57,16 @@ def config_title(frame: pd.DataFrame) -> str:
     """'mlp · act=prelu · init=kaiming · depth 50 · width 256 · batch 256' from the
     frame's config columns (or a neutral title for a frame from ``probe`` alone)."""
     if "model" not in frame.columns:
-        return f"{frame['layer'].max()} layers"
+        blocks = frame.attrs.get("blocks") if (frame["site"] == "block").any() else None
+        return blocks or f"{frame['layer'].max()} layers"
     first = frame.iloc[0]
+    if first["model"] not in ("mlp", "cnn"):  # model=custom: the factory's own layers
+        trials = frame["trial"].nunique() if "trial" in frame.columns else 1
+        unit = "block" if (frame["site"] == "block").any() else "layer"
+        unit += "s" if first["depth"] != 1 else ""
+        return " \u00b7 ".join([str(first["model"]), f"{first['depth']} {unit}",
+                                f"batch {first['batch_size']}",
+                                f"{trials} trial{'s' if trials > 1 else ''}"])
     parts = [str(first["model"]), f"act={first['act']}", f"init={first['init']}"]
     if first["init"] == "scaled" and "sigma_w2" in frame.columns:
         parts[-1] += f" (\u03c3w\u00b2={first['sigma_w2']:g}, \u03c3b\u00b2={first['sigma_b2']:g})"
@@ -93,14 +102,17 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
                   sites: Optional[Sequence[str]] = None) -> Any:
     """Variance against layer for one quantity, one line per site, on a log y axis.
 
-    With several trials the line is the mean over trials and the band spans min..max.
+    With several trials the line is the mean over trials and the band spans min..max. A
+    frame with ``block`` rows shows the stream between blocks only (by default): a block
+    holds many projections, whose mean would be no one tensor's variance.
     """
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     rows = frame[(frame["quantity"] == quantity) & (frame["layer"] >= 1)]
-    sites = sites or [s for s in SITE_STYLE if s in set(rows["site"])]
+    present = set(rows["site"])
+    sites = sites or (["block"] if "block" in present else [s for s in SITE_STYLE if s in present])
     depth = int(rows["layer"].max()) if not rows.empty else 0
     marker = "o" if depth <= 30 else None
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1

@@ -27,11 +27,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from propbench.activations import is_activation
-from propbench.inits import NORM_TYPES, WEIGHTED_TYPES
-from propbench.moments import Moments
+import warnings
 
-SITES = ("pre", "norm", "post", "weight")
+from propbench.blocks import AUTO, block_summary, select_blocks
+from propbench.errors import ProbeError, ProbeWarning
+from propbench.external import (OutputKey, call, check_model, first_tensor, original, pick_output,
+                                unchanged)
+from propbench.moments import Moments
+from propbench.sites import check_sites, recognised
+from propbench.sites import classify as _classify
+
+SITES = ("pre", "norm", "post", "block", "weight")
 QUANTITIES = ("activation", "gradient", "correlation")
 FRAME_COLUMNS = [
     "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
@@ -39,25 +45,15 @@ FRAME_COLUMNS = [
 ]
 
 def classify(module: nn.Module) -> Optional[str]:
-    """The site a module's output stands for: Linear/Conv -> 'pre', normalization ->
-    'norm', activation -> 'post'; None for anything else (pooling, dropout, containers)."""
-    site = getattr(module, "probe_site", None)  # stacked layers (propbench.stacked) say
-    if site is not None:
-        return site
-    if isinstance(module, WEIGHTED_TYPES):
-        return "pre"
-    if isinstance(module, NORM_TYPES):
-        return "norm"
-    if is_activation(module):
-        return "post"
-    return None
+    """The site a module's output stands for: a projection (Linear, Conv, Conv1D) ->
+    'pre', normalization -> 'norm', activation -> 'post'; None for anything else (pooling,
+    dropout, containers). The rules: :mod:`propbench.sites`."""
+    return _classify(module)
 
 
-def default_modules(model: nn.Module) -> list[nn.Module]:
-    """Every leaf module of ``model`` that :func:`classify` gives a site."""
-    return [
-        m for m in model.modules() if not list(m.children()) and classify(m) is not None
-    ]
+def default_modules(model: nn.Module, sites: Optional[dict] = None) -> list[nn.Module]:
+    """Every module of ``model`` that :func:`propbench.sites.classify` gives a site."""
+    return list(recognised(model, sites))
 
 
 def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
@@ -76,6 +72,10 @@ class _Tap:
     split: Callable[..., torch.Tensor] = _one_trial
     pairs: bool = False
     layer: int = 0
+    blocks: dict[nn.Module, int] = field(default_factory=dict)  # block -> its index 1..n
+    inside: list[int] = field(default_factory=list)  # the blocks running now, innermost last
+    calls: dict[nn.Module, int] = field(default_factory=dict)  # firings so far, per module
+    stream: Optional[tuple[str, torch.Tensor]] = None  # the last block output (a reference)
     meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
@@ -89,21 +89,47 @@ class _Tap:
             self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
             self.stats.add_pairs(v)
 
+    def _name(self, module: nn.Module) -> str:
+        """The module's path; a module called again in the same pass (a torchvision block's
+        one ``relu``) is ``path#2``, ``path#3``, ..."""
+        self.calls[module] = count = self.calls.get(module, 0) + 1
+        return self.names[module] if count == 1 else f"{self.names[module]}#{count}"
+
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(output, torch.Tensor):
+        output = first_tensor(output)
+        if output is None:
             return
-        site, name = self.sites[module], self.names[module]
+        site, name = self.sites[module], self._name(module)
+        if self.blocks:  # depth is the block it runs in; 0 outside every block
+            layer = self.inside[-1] if self.inside else 0
+        else:  # depth is the number of projections so far
+            self.layer += site == "pre"
+            layer = self.layer
         if site == "pre":
-            self.layer += 1
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
                 self.weight_hooked.add(module)
                 self.handles.append(
-                    weight.register_hook(partial(self.grad_hook, self.layer, name, "weight"))
+                    weight.register_hook(partial(self.grad_hook, layer, name, "weight"))
                 )
-        self.record(self.layer, name, site, "activation", output)
+        self.record(layer, name, site, "activation", output)
         if output.requires_grad:
-            output.register_hook(partial(self.grad_hook, self.layer, name, site))
+            output.register_hook(partial(self.grad_hook, layer, name, site))
+
+    def block_enter(self, module: nn.Module, args: Any) -> None:
+        self.inside.append(self.blocks[module])
+
+    def block_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        """The block's output (its first tensor): the stream between blocks."""
+        self.inside.pop()
+        stream = first_tensor(output)
+        if stream is None:
+            return
+        layer, name = self.blocks[module], self._name(module)
+        self.stream = (name, stream)
+        self.record(layer, name, "block", "activation", stream)
+        if stream.requires_grad:
+            stream.register_hook(partial(self.grad_hook, layer, name, "block"))
 
     def grad_hook(self, layer: int, name: str, site: str, grad: torch.Tensor) -> None:
         self.record(layer, name, site, "gradient", grad)
@@ -111,6 +137,9 @@ class _Tap:
     def attach(self) -> None:
         for module in self.sites:
             self.handles.append(module.register_forward_hook(self.forward_hook))
+        for block in self.blocks:  # after the leaves' hooks: a leaf block's rows are its own
+            self.handles.append(block.register_forward_pre_hook(self.block_enter))
+            self.handles.append(block.register_forward_hook(self.block_exit))
 
     def detach(self) -> None:
         for handle in self.handles:
@@ -124,28 +153,40 @@ def _drop_grad(parameter: torch.Tensor) -> None:
 
 def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module]],
              cotangent: Callable[[torch.Tensor], torch.Tensor], pairs: bool, keep_grads: bool,
-             split: Callable[..., torch.Tensor] = _one_trial) -> tuple[list[tuple], np.ndarray]:
+             split: Callable[..., torch.Tensor] = _one_trial,
+             blocks: Sequence[tuple[str, nn.Module]] = (), output_key: OutputKey = None,
+             sites: Optional[dict] = None, backward_from: str = "output",
+             notes: Optional[dict[str, Any]] = None) -> tuple[list[tuple], np.ndarray]:
     """One forward+backward with the hooks; the records' metadata and their stats as a
-    (records, trials, 5) array."""
-    modules = default_modules(model) if modules is None else list(modules)
+    (records, trials, 5) array. ``notes`` (if given) receives the output's name and the
+    tapped modules that never fired."""
     names = {m: n for n, m in model.named_modules()}
+    found = recognised(model, sites) if modules is None else None
+    modules = list(found) if modules is None else list(modules)
     unknown = [m for m in modules if m not in names]
     if unknown:
-        raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
-    tap = _Tap({m: classify(m) or "post" for m in modules}, names, split, pairs)
+        raise ProbeError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
+    tap = _Tap(found or {m: _classify(m, names[m], sites) or "post" for m in modules}, names,
+               split, pairs, blocks={m: i for i, (_, m) in enumerate(blocks, 1)})
     model.zero_grad(set_to_none=True)
     tap.attach()
     if not keep_grads:  # free each gradient as soon as it lands: no second copy of the weights
         tap.handles += [p.register_post_accumulate_grad_hook(_drop_grad)
                         for p in model.parameters() if p.requires_grad]
     try:
-        output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-        if not isinstance(output, torch.Tensor):
-            raise TypeError(f"probe needs a model that returns a tensor, got {type(output).__name__}")
+        output, output_name = pick_output(call(model, inputs), output_key)
+        if backward_from == "last_block":  # the head left out of the backward pass too
+            if tap.stream is None:
+                raise ProbeError("backward_from='last_block': the model has no block that ran")
+            output_name, output = f"{tap.stream[0]} (the last block's output)", tap.stream[1]
+        tap.stream = None
         if output.requires_grad:
             output.backward(cotangent(output).to(output.device))
     finally:
         tap.detach()
+    if notes is not None:
+        notes["output"] = output_name
+        notes["silent"] = [names[m] for m in [*tap.sites, *tap.blocks] if m not in tap.calls]
     return tap.meta, tap.stats.finish()  # the one transfer
 
 
@@ -158,6 +199,10 @@ def probe(
     inputs: Any,
     modules: Optional[Iterable[nn.Module]] = None,
     *,
+    blocks: Any = None,
+    output: OutputKey = None,
+    sites: Optional[dict[Any, Optional[str]]] = None,
+    backward_from: str = "output",
     cotangent: Optional[torch.Tensor] = None,
     seed: int = 0,
     pairs: bool = False,
@@ -165,9 +210,38 @@ def probe(
 ) -> pd.DataFrame:
     """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
 
-    Works on any ``nn.Module`` that returns a tensor. ``modules`` are the modules to tap
-    (default: :func:`default_modules`); each firing of a Linear/Conv starts a new ``layer``
-    (1, 2, ...), and the normalization and activation modules after it belong to that layer.
+    Works on any ``nn.Module``. ``inputs``: a tensor, a tuple (positional arguments) or a
+    dict (keyword arguments, e.g. a tokenizer's ``input_ids``/``attention_mask``). The
+    tensor backpropagated is the output, or picked from a dict, ``ModelOutput`` or tuple by
+    ``output`` (a key, an index or a callable; default: the first tensor, e.g.
+    ``last_hidden_state`` or ``logits``); ``frame.attrs["output"]`` names it. With
+    ``backward_from="last_block"`` the cotangent enters at the last block's output instead,
+    so that the head does not shape the gradient either (a ViT's classifier reads one token,
+    and from its output the other tokens get no gradient at the last block).
+
+    ``modules`` are the modules to tap (default: every module :mod:`propbench.sites`
+    recognises -- Linear/Conv/``Conv1D`` -> ``pre``, normalizations -> ``norm``,
+    activations of torch, ``transformers`` and timm -> ``post``; ``sites={class_or_glob:
+    site}`` classifies anything else, or leaves it out with None).
+
+    ``blocks`` makes depth the block: ``"auto"`` (the default when ``modules`` is not given:
+    the largest set of repeated blocks, :func:`propbench.blocks.find_blocks`), a glob
+    (``"h.*"``, ``"encoder.layer.*"``), a list of paths or modules, or False. Each block's
+    output (the stream between blocks; its first tensor) is a ``block`` row for the
+    activation and its gradient, ``layer`` = the block's index 1..n; the rows of modules
+    inside a block carry that block's index, so parallel branches (q/k/v, shortcuts) share
+    their block's layer; rows outside every block (embedding, stem, head) get layer 0.
+    Without blocks each firing of a projection starts a new ``layer`` (1, 2, ...), and the
+    normalization and activation modules after it belong to that layer. A module called
+    more than once per pass is recorded once per call: ``path``, ``path#2``, ...
+
+    The model is left as it was: training modes, ``requires_grad`` flags and buffers
+    (BatchNorm running statistics) are restored. A ``torch.compile``'d model is probed
+    through its original module; a model on the meta device or without a floating-point
+    parameter raises :class:`propbench.errors.ProbeError`. A :class:`ProbeWarning` says when
+    nothing was recognised, when a tapped module or block never ran, or when no activation
+    was recorded.
+
     The cotangent defaults to standard normal noise drawn with ``seed``. Afterwards the
     parameters' ``.grad`` hold this backward's gradients -- unless ``keep_grads=False``,
     which frees each one as it lands (its statistics are taken just before), so that a deep
@@ -176,9 +250,9 @@ def probe(
     ``correlation`` row: the mean over pairs of the cosine similarity of their outputs
     (``n`` = number of pairs, ``var`` its spread over the pairs).
 
-    Returns one row per (layer, site, quantity) with columns ``FRAME_COLUMNS``: ``var`` is
-    the population variance over all elements (batch, units, positions), exact to float64
-    round-off whatever the tensor's mean or magnitude (see :mod:`propbench.moments`).
+    Returns one row per (layer, module, site, quantity) with columns ``FRAME_COLUMNS``:
+    ``var`` is the population variance over all elements (batch, units, positions), exact to
+    float64 round-off whatever the tensor's mean or magnitude (see :mod:`propbench.moments`).
 
     >>> import torch
     >>> from propbench import probe
@@ -187,11 +261,43 @@ def probe(
     >>> sorted(frame.site.unique())
     ['post', 'pre', 'weight']
     """
-    def draw(output: torch.Tensor) -> torch.Tensor:
-        return _normal(output.shape, seed, output.dtype) if cotangent is None else cotangent
+    check_model(model)
+    model = original(model)
+    check_model(model)
+    sites = check_sites(sites)
+    if backward_from not in ("output", "last_block"):
+        raise ProbeError(f"backward_from={backward_from!r}: choose 'output' or 'last_block'")
+    chosen = select_blocks(model, AUTO if blocks is None and modules is None else blocks)
+    if backward_from == "last_block" and not chosen:
+        raise ProbeError("backward_from='last_block' needs blocks: none were found or named")
 
-    meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads)
-    return _frame(meta, stats[:, 0])
+    def draw(out: torch.Tensor) -> torch.Tensor:
+        return _normal(out.shape, seed, out.dtype) if cotangent is None else cotangent
+
+    notes: dict[str, Any] = {}
+    with unchanged(model):
+        meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads, blocks=chosen,
+                               output_key=output, sites=sites, backward_from=backward_from,
+                               notes=notes)
+    frame = _frame(meta, stats[:, 0])
+    frame.attrs.update(output=notes["output"], blocks=block_summary(chosen))
+    for warning in _warnings(frame, notes["silent"]):
+        warnings.warn(warning, ProbeWarning, stacklevel=2)
+    return frame
+
+
+def _warnings(frame: pd.DataFrame, silent: list[str]) -> list[str]:
+    """What the frame lacks that a reader would expect (one line each)."""
+    out = []
+    if frame.empty or not frame["site"].isin(["pre", "block"]).any():
+        out.append("probe: no layer recognised (no Linear/Conv/Conv1D output, no block); "
+                   "classify modules with sites={class_or_glob: 'pre'|'norm'|'post'}")
+    if silent:
+        more = f" and {len(silent) - 3} more" if len(silent) > 3 else ""
+        out.append(f"probe: {len(silent)} tapped module(s) never ran: {', '.join(silent[:3])}{more}")
+    if not frame.empty and not (frame["quantity"] == "activation").any():
+        out.append("probe: no activation rows")
+    return out
 
 
 def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[int],

@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
 
 from propbench import __version__
 from propbench.compare import Theory
-from propbench.config import PropbenchConfig, settings
+from propbench.config import InputKind, PropbenchConfig, settings
 from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
-from propbench.errors import PropbenchError
+from propbench.errors import ProbeWarning, PropbenchError
 from propbench.models import DTYPES, build_model
-from propbench.probes import probe_trials
+from propbench.probes import probe, probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
                                write_stats, write_summary)
 from propbench.seeds import trial_seeds
@@ -51,6 +53,11 @@ def setup(cfg: Any) -> Setup:
     refuse a run the free memory cannot hold; ConfigError with one line otherwise."""
     s = settings(cfg)
     device = resolve_device(s.device)
+    if s.model.name == "custom":  # built once to check it; no memory estimate; one trial at a time
+        from propbench.external import check_model, original
+
+        check_model(original(build_model(s)))
+        return Setup(s, device, 1)
     at_once = trials_at_once(s, device)
     check_memory(s, device, at_once)
     return Setup(s, device, at_once)
@@ -116,6 +123,8 @@ def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
     """Every trial's frame, ``at_once`` trials stacked into one network per pass (a single
     network is one trial), and the theory of the first trial's network."""
     s, frames, theory = job.settings, [], None
+    if s.model.name == "custom":
+        return _measure_custom(job), Theory(s.model.theory_gap())
     try:
         for trials in _chunks(s.trials, job.at_once):
             seeds = [trial_seeds(s.seed, t) for t in trials]
@@ -138,10 +147,56 @@ def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
     return pd.concat(frames, ignore_index=True), theory
 
 
+def custom_inputs(s: PropbenchConfig, seed: int) -> torch.Tensor:
+    """``batch_size`` examples of ``input.shape``: standard normal, or (``input.kind=tokens``)
+    integer ids uniform below ``input.vocab_size``."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (s.batch_size, *s.input.shape)
+    if s.input.kind == InputKind.tokens:
+        return torch.randint(0, s.input.vocab_size, shape, generator=generator)
+    return torch.randn(shape, generator=generator, dtype=DTYPES[s.dtype])
+
+
+def _measure_custom(job: Setup) -> pd.DataFrame:
+    """``model=custom``: each trial's model built by its factory, probed by blocks; the
+    probe's warnings and what it chose (the output, the blocks) go to the frame's attrs."""
+    s, frames, notes = job.settings, [], {}
+    blocks = {"auto": "auto", "none": False}.get(s.probe.blocks, s.probe.blocks)
+    try:
+        for t in range(s.trials):
+            seed = trial_seeds(s.seed, t)
+            model = build_model(s, seed=seed.weights).to(job.device)
+            x = custom_inputs(s, seed.inputs).to(job.device)
+            devices = [job.device] if job.device.type == "cuda" else []
+            with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices):
+                warnings.simplefilter("always", ProbeWarning)
+                torch.manual_seed(seed.cotangent)  # dropout in train mode: reproducible masks
+                frame = probe(model, x, blocks=blocks, output=s.probe.output,
+                              sites=dict(s.probe.sites), backward_from=s.probe.backward_from,
+                              seed=seed.cotangent, keep_grads=False)
+            for warning in caught:
+                if issubclass(warning.category, ProbeWarning):
+                    notes.setdefault(str(warning.message), None)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                           warning.lineno)
+            frame.insert(0, "trial", t)
+            frames.append(frame)
+            del model
+    except torch.OutOfMemoryError:
+        raise PropbenchError(f"out of memory on {job.device} at batch_size={s.batch_size}; "
+                             "lower it or input.shape") from None
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs = {**frames[0].attrs, "warnings": list(notes)}
+    return out
+
+
 def config_columns(s: PropbenchConfig) -> dict[str, Any]:
     """The config values every row of the frame carries (results.CONFIG_COLUMNS)."""
     values = {"model": s.model.name, "act": s.act.name, "init": s.init.name,
               "norm": s.model.norm.value, "dtype": s.dtype.value}
+    if s.model.name == "custom":  # the factory's name; its layers, init and width are its own
+        values.update(model=s.model._target_, act="own", init="own", norm="own", width=0)
     values.update({key: getattr(s, key) for key in CONFIG_COLUMNS if key not in values})
     return values
 
@@ -152,14 +207,18 @@ def _annotate(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.Dat
     frame["theory"] = theory.column(frame)
     for column, value in config_columns(s).items():
         frame[column] = value
+    if s.model.name == "custom":  # depth: the blocks (or layers) found
+        frame["depth"] = int(frame["layer"].max()) if len(frame) else 0
     frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
     return frame
 
 
 def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) -> dict[str, Any]:
     s = job.settings
+    probed = {key: frame.attrs[key] for key in ("output", "blocks", "warnings") if key in frame.attrs}
     return {
         **summarize(frame),
+        **({"probe": probed} if probed else {}),
         "theory": theory.summary(frame),
         "config": s.to_dict(),
         "device": device_name(job.device),

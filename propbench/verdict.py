@@ -6,7 +6,13 @@ Var(at the last layer) -- the backward signal travels from the last layer to the
 Variances are averaged over trials first. ``stable`` if |log10 r| <= 1 (less than a
 factor 10 end to end), ``vanishing`` below -1, ``exploding`` above 1 or as soon as any
 element overflowed to inf/NaN; ``first_nonfinite_layer`` names where, counted in the
-direction the signal travels (forward: lowest layer, backward: highest).
+direction the signal travels (forward: lowest layer, backward: highest); ``undetermined``
+with fewer than two layers (a ratio of a layer to itself says nothing).
+
+A frame with ``block`` rows (a model probed by blocks, :mod:`propbench.blocks`) is judged on
+the stream between blocks instead, both ways: its activation from the first block's output
+to the last's, its gradient from the last block's output back to the first's. Rows outside
+every block (layer 0: embedding, stem, head) never enter a verdict.
 """
 
 from __future__ import annotations
@@ -26,6 +32,16 @@ TINY_VARIANCE = 1e-30
 SIGNALS = {"activation": ("post", True), "gradient": ("pre", False)}
 
 
+def signal_site(frame: pd.DataFrame, quantity: str) -> str:
+    """The site a verdict reads: ``block`` where the frame has block rows of ``quantity``,
+    else the one :data:`SIGNALS` names -- or ``pre`` where the frame has none of those (a
+    model without activation modules)."""
+    present = set(frame.loc[frame["quantity"] == quantity, "site"])
+    if "block" in present:
+        return "block"
+    return SIGNALS[quantity][0] if SIGNALS[quantity][0] in present or "pre" not in present else "pre"
+
+
 def layer_variance(frame: pd.DataFrame, quantity: str, site: str) -> pd.Series:
     """Mean over trials of ``var`` per layer, for one quantity and site."""
     rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site) & (frame["layer"] >= 1)]
@@ -36,7 +52,7 @@ def first_nonfinite_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
     """The first layer, in the direction ``quantity`` travels, where the signal itself (not
     a weight's gradient, which turns NaN as soon as its input overflows) has an inf/NaN."""
     forward = SIGNALS[quantity][1]
-    signal = (frame["quantity"] == quantity) & (frame["site"] != "weight")
+    signal = (frame["quantity"] == quantity) & (frame["site"] != "weight") & (frame["layer"] >= 1)
     bad = frame.loc[signal & (frame["nonfinite"] > 0), "layer"]
     if bad.empty:
         return None
@@ -48,7 +64,7 @@ def _first_zero(frame: pd.DataFrame, quantity: str) -> tuple[Optional[int], bool
     exactly 0, and whether it underflowed: the variance before it (in that direction) was
     already below ``TINY_VARIANCE``. Otherwise every element is equal: a zero-initialized
     layer, a saturated gate, a dead ReLU layer or a single element."""
-    site, forward = SIGNALS[quantity]
+    site, forward = signal_site(frame, quantity), SIGNALS[quantity][1]
     var = layer_variance(frame, quantity, site)
     if not forward:
         var = var.iloc[::-1]
@@ -63,8 +79,8 @@ def _first_zero(frame: pd.DataFrame, quantity: str) -> tuple[Optional[int], bool
 def first_inf_variance_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
     """The first layer, in the direction ``quantity`` travels, whose variance is beyond
     float64's range (inf) although every element is finite (float64 elements above ~1e154)."""
-    site, forward = SIGNALS[quantity]
-    rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site)
+    site, forward = signal_site(frame, quantity), SIGNALS[quantity][1]
+    rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site) & (frame["layer"] >= 1)
                  & (frame["nonfinite"] == 0) & (frame["var"] == np.inf)]
     if rows.empty:
         return None
@@ -104,7 +120,9 @@ def _ratio(start: float, end: float) -> float:
     return end / start
 
 
-def judge(log10_ratio: float, overflowed: bool) -> str:
+def judge(log10_ratio: float, overflowed: bool, layers: int = 2) -> str:
+    if layers < 2 and not overflowed:
+        return "undetermined"
     if overflowed or math.isnan(log10_ratio) or log10_ratio > THRESHOLD:
         return "exploding"
     return "vanishing" if log10_ratio < -THRESHOLD else "stable"
@@ -115,7 +133,8 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     end_var}}`` for a frame from :func:`propbench.probe`, :func:`propbench.run` or
     :func:`propbench.load`."""
     out = {}
-    for quantity, (site, forward) in SIGNALS.items():
+    for quantity, (_, forward) in SIGNALS.items():
+        site = signal_site(frame, quantity)
         var = layer_variance(frame, quantity, site)
         if var.empty:
             continue
@@ -127,7 +146,9 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
         out[quantity] = {
             "ratio": _ratio(start, end),
             "log10_ratio": log10_ratio,
-            "verdict": judge(log10_ratio, first_bad is not None),
+            "verdict": judge(log10_ratio, first_bad is not None, len(var)),
+            "site": site,  # the stream judged: block outputs, or post/pre of each layer
+            "layers": len(var),
             "first_nonfinite_layer": first_bad,
             "first_zero_layer": first_zero_layer(frame, quantity),
             "first_constant_layer": first_constant_layer(frame, quantity),
@@ -168,8 +189,18 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
         "activation": "post-activation variance, last / first layer",
         "gradient": "pre-activation gradient variance, first / last layer",
     }[quantity]
-    if result["first_nonfinite_layer"] is not None:
+    if result.get("site") == "pre" and quantity == "activation":
+        what = "pre-activation variance, last / first layer"
+    if result.get("site") == "block":
+        what = {"activation": "block output variance, last / first block",
+                "gradient": "block output gradient variance, first / last block"}[quantity]
+    if result["verdict"] == "undetermined":
+        detail = f"{result.get('layers', 1)} layer: no ratio to judge"
+    elif result["first_nonfinite_layer"] is not None:
         detail = f"non-finite values from layer {result['first_nonfinite_layer']}"
+    elif result["log10_ratio"] == -math.inf and result.get("first_constant_layer") is not None:
+        detail = (f"{what}: constant from layer {result['first_constant_layer']} (variance exactly "
+                  "0: a zero-initialized layer, a saturated gate or a dead layer, not an underflow)")
     elif result["log10_ratio"] == -math.inf:
         detail = f"{what}: exactly 0 at the end"
     elif result.get("first_inf_variance_layer") is not None:

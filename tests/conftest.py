@@ -30,7 +30,8 @@ def per_layer_factor(var):
 def cli(*args, cwd, env=None, timeout=300):
     """Run ``python -m propbench ARGS`` in ``cwd``; return the CompletedProcess."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env["PYTHONPATH"] = str(ROOT)  # this checkout's propbench, whatever is installed
+    # this checkout's propbench, whatever is installed (other paths kept after it)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "propbench", *args],

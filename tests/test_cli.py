@@ -61,7 +61,7 @@ BAD = [
     (["trials=0"], "trials=0"),
     (["act=nope"], "act=nope: no such option; choose one of elu, gelu"),
     (["init=bogus"], "init=bogus: no such option; choose one of default"),
-    (["model=rnn"], "model=rnn: no such option; choose one of cnn, mlp"),
+    (["model=rnn"], "model=rnn: no such option; choose one of cnn, custom, mlp"),
     (["dtype=half3"], "expected one of [float32, float64]"),
     (["init=kaiming", "init.mode=sideways"], "expected one of [fan_in, fan_out]"),
     (["init=kaiming", "init.gain=-1"], "init.gain=-1: must be a finite number > 0"),
@@ -82,6 +82,15 @@ BAD = [
     (["-m", "init=normal,kaiming", "init.std=0.1"], "init.std=0.1: init=kaiming takes only gain, mode, bias"),
     (["-m", "depth=2,3", "act=relu,nope"], "act=nope: no such option"),
     (["-m", "+experiment=edge_of_chaos", "init.sigma_b2=0,-1"], "init.sigma_b2=-1.0: must be a finite number >= 0"),
+    # keys no schema has, and models propbench did not write
+    (["+foo=1"], "foo: unknown key"),
+    (["+model._target_=torchvision.models.resnet18"], "model._target_: unknown key; model=mlp takes only norm; a model of your own is model=custom"),
+    (["model=custom", "model._target_=torchvision.models.resnet18", "input.shape=[3,32,32]"],
+     "model._target_=torchvision.models.resnet18: cannot be imported (ModuleNotFoundError"),
+    (["model=custom", "model._target_=torch.nn.Linear", "model.in_featurez=4", "input.shape=[4]"],
+     "model._target_=torch.nn.Linear: building it failed: TypeError:"),
+    (["model=custom", "model._target_=torch.nn.Linear", "model.in_features=4",
+      "model.out_features=4", "model.device=meta", "input.shape=[4]"], "the model is on the meta device"),
 ]
 
 
@@ -183,7 +192,7 @@ def test_same_config_same_bytes_alone_and_in_sweeps(tmp_path):
 def test_help_lists_groups(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for line in ("model: cnn, mlp", "act: elu, gelu", "init: default, kaiming"):
+    for line in ("model: cnn, custom, mlp, torch_transformer", "act: elu, gelu", "init: default, kaiming"):
         assert line in proc.stdout
 
 
@@ -234,3 +243,36 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     assert lines == ["propbench: error: out of memory on cpu at depth=5, width=32, batch_size=16; "
                      "lower one of them"]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+SMALL_TRANSFORMER = ("model=torch_transformer", "model.num_layers=3", "model.encoder_layer.d_model=16",
+                     "model.encoder_layer.nhead=2", "model.encoder_layer.dim_feedforward=32",
+                     "input.shape=[5,16]", "batch_size=4")
+
+
+def test_a_model_propbench_did_not_write_is_probed_by_block(tmp_path):
+    """torch's TransformerEncoder from conf/model/torch_transformer.yaml: post-LN blocks end
+    in a LayerNorm of weight 1, so the stream's variance is 1 at every block; its attention
+    reads out_proj's weight without calling the module, which the run says."""
+    out = tmp_path / "run"
+    proc = cli(*SMALL_TRANSFORMER, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "torch.nn.TransformerEncoder \u00b7 3 blocks" in proc.stdout
+    assert "probed: 3 x TransformerEncoderLayer (layers.0 .. layers.2); backpropagated from the output" in proc.stdout
+    assert "activation: stable    (block output variance, last / first block" in proc.stdout
+    assert "propbench: warning: probe: 3 tapped module(s) never ran: layers.0.self_attn.out_proj" in proc.stderr
+    frame = propbench.load(out)
+    stream = frame[(frame.site == "block") & (frame.quantity == "activation")]
+    assert list(stream.layer) == [1, 2, 3]
+    assert stream["var"].to_numpy() == pytest.approx(1.0, rel=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["model"]["kwargs"]["num_layers"] == 3
+    assert summary["theory"]["applies"] is False
+
+
+def test_custom_models_sweep_like_the_built_in_ones(tmp_path):
+    proc = cli("-m", *SMALL_TRANSFORMER, "model.num_layers=2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    depths = sorted(propbench.load(tmp_path / "sweep" / str(job)).depth.iloc[0] for job in range(2))
+    assert depths == [2, 4]

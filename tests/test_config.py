@@ -6,10 +6,15 @@ from propbench.config import PropbenchConfig, compose, group_options, settings
 from propbench.errors import ConfigError
 
 
+# what an option needs besides its name
+NEEDS = {"custom": ["model._target_=torch.nn.Linear", "model.in_features=4",
+                    "model.out_features=2", "input.shape=[4]"]}
+
+
 @pytest.mark.parametrize("group", ["model", "act", "init"])
 def test_every_option_of_every_group_composes_and_validates(group):
     for option in group_options(group):
-        s = settings(compose([f"{group}={option}"]))
+        s = settings(compose([f"{group}={option}", *NEEDS.get(option, [])]))
         assert getattr(s, group).name == option
 
 
@@ -30,7 +35,7 @@ def test_each_scheme_has_only_its_own_parameters():
 
 
 def test_required_groups_and_options_exist():
-    assert set(group_options("model")) == {"mlp", "cnn"}
+    assert set(group_options("model")) == {"mlp", "cnn", "custom"}
     assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
             "linear"} <= set(group_options("act"))
     assert {"default", "kaiming", "xavier", "lecun", "orthogonal", "scaled"} <= set(group_options("init"))
@@ -60,9 +65,39 @@ def test_slopes_default_to_pytorchs():
     (["act=relu", "act.slope=0.1"], "only leaky_relu and prelu take a slope"),
     (["model=cnn", "model.kernel_size=4"], "model.kernel_size=4: must be odd"),
     (["init.name=kaiming"], "init.name=kaiming: choose the option as init=kaiming"),
+    (["+foo=1"], "foo: unknown key"),
+    (["+model.foo=1"], "model.foo: unknown key; model=mlp takes only norm"),
+    (["+model._target_=torch.nn.Linear"], "a model of your own is model=custom model._target_="),
+    (["input.shape=[3]"], "input: only model=custom takes it"),
+    (["model=custom", "input.shape=[4]"], "model._target_: model=custom needs the factory"),
+    (["model=custom", "model._target_=torch.nn.Linearr", "input.shape=[4]"],
+     "model._target_=torch.nn.Linearr: cannot be imported (AttributeError"),
+    (["model=custom", "model._target_=no_such_package.build", "input.shape=[4]"],
+     "cannot be imported (ModuleNotFoundError: no module named 'no_such_package')"),
+    (["model=custom", "model._target_=torch.nn"], "is a module, not a class or function"),
+    (["model=custom", "model._target_=torch.nn.Linear"], "input.shape: model=custom needs"),
+    (["model=custom", "model._target_=torch.nn.Linear", "input.shape=[4,0]"], "input.shape=0"),
+    (["model=custom", "model._target_=torch.nn.Embedding", "input.shape=[4]", "input.kind=tokens"],
+     "input.vocab_size=None: input.kind=tokens needs"),
+    (["model=custom", "model._target_=torch.nn.Linear", "input.shape=[4]", "init=kaiming"],
+     "init=kaiming: model=custom keeps the layers and init its factory builds"),
+    (["model=custom", "model._target_=torch.nn.Linear", "input.shape=[4]", "+probe.sites.x=mid"],
+     "probe.sites.x=mid: choose one of pre, norm, post"),
 ])
 def test_out_of_range_values_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
         settings(compose(overrides))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_custom_model_keys_are_the_factorys_arguments():
+    s = settings(compose(["model=custom", "model._target_=torch.nn.TransformerEncoder",
+                          "model.encoder_layer._target_=torch.nn.TransformerEncoderLayer",
+                          "model.encoder_layer.d_model=16", "model.num_layers=2",
+                          "input.shape=[8,16]", "input.kind=normal"]))
+    assert s.model._target_ == "torch.nn.TransformerEncoder"
+    assert s.model.kwargs == {"encoder_layer": {"_target_": "torch.nn.TransformerEncoderLayer",
+                                                "d_model": 16}, "num_layers": 2}
+    assert (s.input.shape, s.input.kind.value, s.input.vocab_size) == ([8, 16], "normal", None)
+    assert (s.probe.blocks, s.probe.output, s.probe.sites) == ("auto", None, {})
