@@ -31,6 +31,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
+SpectrumMethod = Enum("SpectrumMethod", {v: v for v in ("auto", "exact", "estimate")},
+                      module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -112,6 +114,36 @@ class ActConfig:
 
 
 @dataclass
+class SpectrumConfig:
+    """``spectrum=true``: the singular values of the Jacobian of the block outputs with
+    respect to the input (propbench.spectrum), written to spectrum.csv and spectrum.png.
+    ``spectrum=true`` is short for ``spectrum.enabled=true``."""
+
+    enabled: bool = False
+    examples: int = 4  # the first inputs of each trial's batch whose Jacobians are taken
+    layers: Optional[list[int]] = None  # block indices; null: 1, 2, 4, ... below depth, and depth
+    # exact: full Jacobians and an SVD; estimate: stochastic Lanczos (mean by Hutchinson,
+    # largest singular value by Ritz values); auto: exact while it fits a quarter of the
+    # free memory
+    method: SpectrumMethod = SpectrumMethod.auto
+
+    def check(self, depth: int, batch_size: int, model: ModelConfig) -> None:
+        if not self.enabled:
+            return
+        _at_least("spectrum.examples", self.examples, 1)
+        if self.examples > batch_size:
+            raise ConfigError(f"spectrum.examples={self.examples}: at most batch_size={batch_size}")
+        for layer in self.layers or []:
+            if not 1 <= layer <= depth:
+                raise ConfigError(f"spectrum.layers: {layer} is not a block (1..depth={depth})")
+        if self.layers is not None and not self.layers:
+            raise ConfigError("spectrum.layers=[]: give at least one block, or null for the default")
+        if model.norm == Norm.batchnorm:
+            raise ConfigError("spectrum=true: BatchNorm mixes the examples of a batch, so one "
+                              "example's Jacobian is not defined; use model.norm=none")
+
+
+@dataclass
 class Expectation:
     """One checkable consequence of an experiment's claim: every job whose overrides match
     ``where`` (e.g. ``{init: default, act: relu, depth: 100}``) gets one of ``verdict`` for
@@ -156,6 +188,7 @@ class PropbenchConfig:
     # c0: feed batch_size/2 pairs of inputs with correlation c0 and record, per layer, the
     # mean cosine similarity of each pair's representations (quantity=correlation)
     correlation: Optional[float] = None
+    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)  # Jacobian singular values
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:
@@ -222,6 +255,8 @@ def validate(s: PropbenchConfig) -> None:
     s.model.check()
     _check_slope(s.act)
     s.init.check()
+    s.init.check_model(s.model, s.width)
+    s.spectrum.check(s.depth, s.batch_size, s.model)
 
 
 def _schema() -> Any:
@@ -262,7 +297,7 @@ def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = F
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = list(overrides or [])
+    overrides = expand_aliases(list(overrides or []))
     register_configs()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR),
@@ -271,6 +306,21 @@ def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = F
                                  return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain(err, overrides)) from None
+
+
+_ALIAS = re.compile(r"^(?P<key>[+~]*spectrum)=(?P<value>(true|false|True|False)(,(true|false|True|False))*)$")
+
+
+def expand_aliases(overrides: list[str]) -> list[str]:
+    """``spectrum=BOOL`` (or a sweep of them) is ``spectrum.enabled=BOOL``: a key cannot be
+    both a switch and a group of settings in Hydra, so the short form is rewritten here, for
+    the CLI and :func:`compose` alike."""
+    out = []
+    for override in overrides:
+        match = _ALIAS.match(override)
+        out.append(f"spectrum.enabled={match['value']}" if match and not match["key"].startswith(("+", "~"))
+                   else override)
+    return out
 
 
 def settings(cfg: Any) -> PropbenchConfig:
@@ -303,6 +353,7 @@ def settings(cfg: Any) -> PropbenchConfig:
 def _known_keys() -> list[str]:
     """Every key of the schemas: top level, and each group's keys over all its options."""
     keys = [f.name for f in fields(PropbenchConfig)]
+    keys += [f"spectrum.{f.name}" for f in fields(SpectrumConfig)]
     for group, (_, options) in GROUPS.items():
         keys += dict.fromkeys(f"{group}.{f.name}" for option in options.values() for f in fields(option))
     return keys
