@@ -55,6 +55,10 @@ class ModelConfig:
         for the memory estimate."""
         return 1, 1
 
+    def input_size(self, width: int) -> int:
+        """Elements of one input example (the columns of its Jacobian)."""
+        return width
+
     def theory_gap(self) -> Optional[str]:
         """Why the mean-field recursion does not describe this model, or None."""
         if self.norm == Norm.batchnorm:
@@ -96,6 +100,9 @@ class CNNConfig(ModelConfig):
         # channel growth and pooling trade channels for pixels; the first stage bounds both
         return self.kernel_size**2 * self.channel_growth**2, self.image_size**2
 
+    def input_size(self, width: int) -> int:
+        return self.in_channels * self.image_size**2
+
     def theory_gap(self) -> Optional[str]:
         if self.stage_every > 0 and self.pool != Pool.none:
             return "pooling mixes positions; the mean-field recursion does not model it"
@@ -113,6 +120,16 @@ class ActConfig:
     slope: Optional[float] = None
 
 
+def default_layers(depth: int) -> list[int]:
+    """The blocks whose Jacobian spectra are taken by default: 1, 2, 4, ... below ``depth``,
+    and ``depth`` itself."""
+    layers, layer = [], 1
+    while layer < depth:
+        layers.append(layer)
+        layer *= 2
+    return layers + [depth]
+
+
 @dataclass
 class SpectrumConfig:
     """``spectrum=true``: the singular values of the Jacobian of the block outputs with
@@ -128,16 +145,16 @@ class SpectrumConfig:
     method: SpectrumMethod = SpectrumMethod.auto
 
     def check(self, depth: int, batch_size: int, model: ModelConfig) -> None:
-        if not self.enabled:
-            return
         _at_least("spectrum.examples", self.examples, 1)
-        if self.examples > batch_size:
-            raise ConfigError(f"spectrum.examples={self.examples}: at most batch_size={batch_size}")
         for layer in self.layers or []:
             if not 1 <= layer <= depth:
                 raise ConfigError(f"spectrum.layers: {layer} is not a block (1..depth={depth})")
         if self.layers is not None and not self.layers:
             raise ConfigError("spectrum.layers=[]: give at least one block, or null for the default")
+        if not self.enabled:
+            return
+        if self.examples > batch_size:
+            raise ConfigError(f"spectrum.examples={self.examples}: at most batch_size={batch_size}")
         if model.norm == Norm.batchnorm:
             raise ConfigError("spectrum=true: BatchNorm mixes the examples of a batch, so one "
                               "example's Jacobian is not defined; use model.norm=none")

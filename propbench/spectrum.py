@@ -38,18 +38,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from propbench.config import default_layers
+from propbench.devices import available_bytes, exact_bytes
+
 COLUMNS = ["example", "layer", "module", "mean_sq", "var_sq", "max_s", "min_s", "n_values",
            "method"]
 METHODS = ("auto", "exact", "estimate")
-
-
-def default_layers(depth: int) -> list[int]:
-    """1, 2, 4, ... below ``depth``, and ``depth`` itself."""
-    layers, layer = [], 1
-    while layer < depth:
-        layers.append(layer)
-        layer *= 2
-    return layers + [depth]
 
 
 @dataclass
@@ -126,12 +120,6 @@ def _vjp(capture: _Capture, model: nn.Module, x: torch.Tensor,
         pairs = [(y, u) for y, u in zip(outs, cotangents) if u is not None]
         grads = torch.autograd.grad([y for y, _ in pairs], xs, [u for _, u in pairs])
     return grads[0].flatten(1)
-
-
-def exact_bytes(n: int, sizes: Sequence[int], itemsize: int) -> int:
-    """Memory of the exact method for one example: the Jacobians (n x m_l each, in the
-    model's dtype) and one float64 copy of the largest for the SVD (twice: its workspace)."""
-    return n * sum(sizes) * itemsize + 2 * 8 * n * max(sizes)
 
 
 def _exact(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int,
@@ -247,8 +235,6 @@ def jacobian_spectrum(model: nn.Module, inputs: torch.Tensor,
     device = param.device if param is not None else inputs.device
     inputs = inputs.to(device)
     if max_bytes is None:
-        from propbench.devices import available_bytes
-
         max_bytes = available_bytes(device) // 4
     capture = _Capture(chosen)
     rows, values = [], {l: [] for l in layers}

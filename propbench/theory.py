@@ -497,7 +497,8 @@ def spectrum_moments(act: str, sigma_w2: float | Sequence[float], sigma_b2: floa
         mu2[layer] = gauss(lambda x: p.df(x) ** 4, 0.0, std, p.kinks)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         mean = np.cumprod(w2 * mu1)
-        spread = np.cumsum(mu2 / mu1**2 - 1.0 - s1)
+        # mu2 >= mu1^2 (Jensen): clip the quadrature's round-off below 0
+        spread = np.cumsum(np.maximum(mu2 / mu1**2 - 1.0, 0.0) - s1)
         var = mean**2 * spread
     return SpectrumMoments(mean, var, spread, mu1, mu2, q)
 
