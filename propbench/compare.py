@@ -35,7 +35,8 @@ CENTRE_NOTE = ("mean-field recursion per pixel: a centre-tap kernel maps each pi
                "(infinite width)")
 SPECTRUM_NOTE = ("free probability (Pennington et al. 2017), infinite width, along the q-map; "
                  "s1 = {s1:g} for {weights} weights")
-# spread of lambda per layer (var / mean^2 / layer) at or below which the spectrum is isometric
+# growth of the spread of lambda (var / mean^2) per layer, over the deepest measured layers,
+# at or below which the spectrum counts as isometric: a tenth of a linear Gaussian net's 1
 ISOMETRIC_PER_LAYER = 0.1
 
 
@@ -163,25 +164,33 @@ class Theory:
         """The summary's ``spectrum`` block: at the deepest measured layer, the mean over
         trials and examples of mean(lambda), var(lambda), the spread var / mean^2 (per
         example, then averaged), the largest and smallest singular value; the theory there;
-        and the verdict: ``isometric`` where the spread per layer is at most
-        ``ISOMETRIC_PER_LAYER``, else ``spreading``."""
-        last = int(frame["layer"].max())
+        and the verdict: ``isometric`` where the spread grows by at most
+        ``ISOMETRIC_PER_LAYER`` per layer between the two deepest measured layers (from 0
+        with one), else ``spreading``. The growth, not spread / depth: the first layers,
+        before the q-map settles at q*, can spread more than the rest (tanh from q = 1)."""
+        by_layer = (frame["var_sq"] / frame["mean_sq"] ** 2).groupby(frame["layer"]).mean()
+        last = int(by_layer.index[-1])
         rows = frame[frame["layer"] == last]
-        spread = float((rows["var_sq"] / rows["mean_sq"] ** 2).mean())
+        spread = float(by_layer.iloc[-1])
+        before, earlier = ((int(by_layer.index[-2]), float(by_layer.iloc[-2])) if len(by_layer) > 1
+                           else (0, 0.0))
+        growth = (spread - earlier) / (last - before)
         block = {
             "method": sorted(set(frame["method"])), "examples": int(frame["example"].nunique()),
             "layers": sorted(int(l) for l in set(frame["layer"])), "last_layer": last,
             "mean_sq": float(rows["mean_sq"].mean()), "var_sq": float(rows["var_sq"].mean()),
-            "spread": spread, "spread_per_layer": spread / last,
+            "spread": spread, "spread_growth_per_layer": growth,
             "max_s": float(rows["max_s"].max()), "min_s": float(rows["min_s"].min()),
-            "verdict": "isometric" if spread / last <= ISOMETRIC_PER_LAYER else "spreading",
+            "verdict": "isometric" if growth <= ISOMETRIC_PER_LAYER else "spreading",
             "theory": {"applies": self.spectrum is not None, "note": self.spectrum_note},
         }
         if self.spectrum is not None:
             i = last - 1
             m = self.spectrum
+            growth = (m.spread[i] - (m.spread[before - 1] if before else 0.0)) / (last - before)
             block["theory"].update(mean_sq=float(m.mean[i]), var_sq=float(m.var[i]),
-                                   spread=float(m.spread[i]), mu1=float(m.mu1[i]),
+                                   spread=float(m.spread[i]), spread_growth_per_layer=float(growth),
+                                   mu1=float(m.mu1[i]),
                                    mu2=float(m.mu2[i]), q=float(m.q[i]))
             block["theory"]["relative_deviation"] = {
                 "mean_sq": abs(block["mean_sq"] / float(m.mean[i]) - 1),

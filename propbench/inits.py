@@ -48,8 +48,8 @@ from propbench.errors import ConfigError, choose
 # fan_in preserves the forward variance, fan_out the backward one; a default bias is
 # PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 Mode = Enum("Mode", {v: v for v in ("fan_in", "fan_out")}, module=__name__)
-Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal")},
-                    module=__name__)
+Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal",
+                                                  "delta_orthogonal")}, module=__name__)
 BiasInit = Enum("BiasInit", {v: v for v in ("zeros", "default")}, module=__name__)
 
 
@@ -75,8 +75,9 @@ class Law:
                     fan_out: float = 1) -> Law:
         """The law of ``distribution`` with per-element variance ``variance``."""
         std = math.sqrt(variance)
-        scales = {"normal": std, "uniform": math.sqrt(3.0) * std,
-                  "orthogonal": math.sqrt(variance * max(fan_in, fan_out))}
+        orthogonal = math.sqrt(variance * max(fan_in, fan_out))
+        scales = {"normal": std, "uniform": math.sqrt(3.0) * std, "orthogonal": orthogonal,
+                  "delta_orthogonal": orthogonal}
         return cls(distribution, choose(scales, distribution, "init.distribution"))
 
     def variance(self, fan_in: float, fan_out: float) -> float:
@@ -250,6 +251,15 @@ class OrthogonalInit(InitConfig):
         return Law("orthogonal", gain)
 
 
+def _check_centre_tap(model: Any, width: int) -> None:
+    """A CNN's first conv maps in_channels to width: an orthogonal centre tap needs more."""
+    in_channels = getattr(model, "in_channels", None)
+    if in_channels is not None and width < in_channels:
+        raise ConfigError(
+            f"init=delta_orthogonal: width={width} < model.in_channels={in_channels}; an "
+            "orthogonal centre tap needs out_channels >= in_channels")
+
+
 @dataclass
 class DeltaOrthogonalInit(InitConfig):
     """Xiao et al. (2018, "Dynamical Isometry and a Mean Field Theory of CNNs", algorithm 1):
@@ -268,11 +278,7 @@ class DeltaOrthogonalInit(InitConfig):
         return Law("delta_orthogonal", gain)
 
     def check_model(self, model: Any, width: int) -> None:
-        in_channels = getattr(model, "in_channels", None)
-        if in_channels is not None and width < in_channels:
-            raise ConfigError(
-                f"init=delta_orthogonal: width={width} < model.in_channels={in_channels}; an "
-                "orthogonal centre tap needs out_channels >= in_channels")
+        _check_centre_tap(model, width)
 
 
 @dataclass
@@ -304,7 +310,8 @@ class LSUVInit(InitConfig):
 @dataclass
 class ScaledInit(InitConfig):
     """Poole et al. (2016)'s parametrization: Var(W) = sigma_w2 / fan_mode drawn from
-    ``distribution``, bias ~ N(0, sigma_b2)."""
+    ``distribution`` (``delta_orthogonal``: as init=delta_orthogonal, Xiao et al. 2018),
+    bias ~ N(0, sigma_b2)."""
 
     name: str = "scaled"
     sigma_w2: float = 1.0
@@ -318,6 +325,14 @@ class ScaledInit(InitConfig):
 
     def bias_law(self, fan_in: float) -> Optional[Law]:
         return Law("normal", math.sqrt(self.sigma_b2))
+
+    @property
+    def centre_tap(self) -> bool:  # type: ignore[override]
+        return self.distribution == Distribution.delta_orthogonal
+
+    def check_model(self, model: Any, width: int) -> None:
+        if self.centre_tap:
+            _check_centre_tap(model, width)
 
     def check(self) -> None:
         _finite("sigma_w2", self.sigma_w2, 0, strict=True)

@@ -406,6 +406,11 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
 
 # --- Jacobian spectra (spectrum.csv) -------------------------------------------------------
 
+# a measured spread below this is round-off of an exact isometry (float32: ~1e-12); it is
+# named, not drawn, so that it does not squash the other lines
+SPREAD_FLOOR = 1e-3
+
+
 def _spread(rows: pd.DataFrame) -> pd.DataFrame:
     """Per layer: the normalized spread var(lambda) / mean(lambda)^2 of each (trial,
     example), its mean, min and max, and the theory's."""
@@ -427,12 +432,15 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     groups = frame.groupby(list(line_by), sort=True) if line_by else [((), frame)]
-    theory_drawn, zero_theory = False, []
+    theory_drawn, zero_theory, tiny = False, [], []
     for i, (values, rows) in enumerate(groups):
         colour = f"C{i % 10}"
         stats = _spread(rows)
         ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
         label = _label(line_by, values) if line_by else "measured"
+        if ok.any() and stats["mean"][ok].max() < SPREAD_FLOOR:
+            tiny.append(f"{label} (at most {stats['mean'][ok].max():.1g})")
+            ok[:] = False
         ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker="o", markersize=3,
                 lw=1.5, label=label)
         ax.fill_between(stats["layer"][ok], stats["min"][ok].clip(lower=1e-300),
@@ -445,9 +453,14 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
                 zero_theory.append(label)
     if theory_drawn:
         ax.plot([], [], color="grey", ls="--", lw=1.2, label="free-probability theory (dashed)")
+    notes = []
+    if tiny:
+        notes.append(f"below {SPREAD_FLOOR:g}, not drawn: " + "; ".join(tiny))
     if zero_theory:
-        ax.text(0.02, 0.02, "theory 0 (isometry) for: " + "; ".join(zero_theory),
-                transform=ax.transAxes, fontsize=7, color="grey", va="bottom")
+        notes.append("theory 0 (isometry): " + "; ".join(zero_theory))
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
+                color="grey", va="bottom")
     ax.set_xscale("log", base=2)
     from matplotlib.ticker import FuncFormatter
 
@@ -510,3 +523,22 @@ def save_spectrum(frame: pd.DataFrame, path: Any, values: Optional[np.ndarray] =
     figure.suptitle(f"{config_title(frame)} \u00b7 {examples} example{'s' if examples > 1 else ''}"
                     f" \u00b7 {methods}", fontsize=11)
     _save(figure, path, dpi=110)
+
+
+def save_sweep_spectrum(frame: pd.DataFrame, folder: Any, swept: Sequence[str] = ()) -> Any:
+    """A sweep's spectrum.png: the spread against depth, one line per job (labelled by the
+    swept keys), theory dashed; written without pyplot."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    line_by = list(swept) or ["job"]
+    plot_spread(frame, figure.subplots(), line_by=line_by)
+    widths = ", ".join(str(w) for w in sorted(set(frame["width"])))
+    examples = frame["example"].nunique()
+    figure.suptitle(f"Jacobian spectra \u00b7 width {widths} \u00b7 up to {examples} "
+                    f"example{'s' if examples > 1 else ''} per trial \u00b7 mean over trials and examples")
+    path = Path(folder) / "spectrum.png"
+    _save(figure, path, dpi=100)
+    return path

@@ -137,6 +137,8 @@ def _exact(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int,
     values = []
     for cols in columns:
         jt = torch.cat(cols).to(torch.float64)
+        if jt.shape[0] < jt.shape[1]:  # LAPACK is many times slower on a wide matrix
+            jt = jt.T
         values.append(torch.linalg.svdvals(jt).cpu().numpy())
         del jt
     return values
