@@ -27,6 +27,8 @@ figures: install  ## regenerate the figures the README shows
 	cp results/figures/prelu_kaiming_d50/propagation.png results/figures/prelu_kaiming_d50.png
 	$(PY) -m propbench depth=50 init=default act=relu hydra.run.dir=results/figures/relu_default_d50
 	cp results/figures/relu_default_d50/propagation.png results/figures/relu_default_d50.png
+	$(PY) -m propbench depth=16 width=128 act=relu init=kaiming trials=2 spectrum=true hydra.run.dir=results/figures/relu_spectrum_d16
+	cp results/figures/relu_spectrum_d16/spectrum.png results/figures/relu_spectrum_d16.png
 
 EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos dynamical_isometry
 

@@ -491,7 +491,7 @@ def plot_singular_values(values: np.ndarray, ax: Optional[Any] = None,
             low, high = min(low, 0.9 * np.sqrt(low * high)), max(high, 1.1 * np.sqrt(low * high))
         bins = np.geomspace(low, high, 60)
         label = f"measured ({len(s)} singular values"
-        label += f", {int(zero.sum())} zero to float32 not shown)" if zero.any() else ")"
+        label += f", {int(zero.sum())} below 1e-7 of the largest not shown)" if zero.any() else ")"
         ax.hist(shown, bins=bins, weights=np.full(len(shown), 1 / len(s)), color="C0",
                 alpha=0.7, label=label)
         ax.set_xscale("log")
