@@ -32,10 +32,12 @@ figures: install  ## regenerate the figures the README shows
 	  model.config.n_head=8 input.shape=[64] input.kind=tokens input.vocab_size=50257 batch_size=8 \
 	  trials=4 hydra.run.dir=results/figures/gpt2_blocks
 	cp results/figures/gpt2_blocks/propagation.png results/figures/gpt2_blocks.png
+	$(PY) -m propbench depth=16 width=128 act=relu init=kaiming trials=2 spectrum=true hydra.run.dir=results/figures/relu_spectrum_d16
+	cp results/figures/relu_spectrum_d16/spectrum.png results/figures/relu_spectrum_d16.png
 
-EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos
+EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos dynamical_isometry
 
-experiments: install  ## run the six experiments; figures and summaries land in results/experiments/
+experiments: install  ## run the seven experiments; figures and summaries land in results/experiments/
 	for name in $(EXPERIMENTS); do \
 	  rm -rf results/experiments/$$name; \
 	  $(PY) -m propbench +experiment=$$name || exit 1; \

@@ -15,6 +15,10 @@ do not pay for torch or matplotlib until they are used:
   :func:`load_sweep` -- its table, one row per job;
 - :func:`predict`, :func:`depth_scales`, :func:`critical_sigma_w2`, :func:`auto_gain` --
   the mean-field theory (:mod:`propbench.theory`);
+- :func:`jacobian_spectrum` -- singular values of the input-output Jacobian at chosen layers
+  of any ``nn.Module`` (exact, or estimated where that does not fit);
+  :func:`spectrum_moments` -- their free-probability theory; :func:`load_spectrum` -- a run's
+  ``spectrum.csv``; :func:`plot_spread`, :func:`plot_singular_values` -- their plots;
 - :func:`plot_propagation`, :func:`plot_variance`, :func:`plot_correlation`,
   :func:`plot_sweep_grid`, :func:`plot_ratio_heatmap`, :func:`plot_phase_diagram` -- the plots.
 """
@@ -36,6 +40,12 @@ _API = {
     "RunResult": "propbench.runner",
     "load": "propbench.results",
     "summarize": "propbench.verdict",
+    "jacobian_spectrum": "propbench.spectrum",
+    "Spectrum": "propbench.spectrum",
+    "load_spectrum": "propbench.results",
+    "spectrum_moments": "propbench.theory",
+    "plot_spread": "propbench.plots",
+    "plot_singular_values": "propbench.plots",
     "predict": "propbench.theory",
     "depth_scales": "propbench.theory",
     "critical_sigma_w2": "propbench.theory",
@@ -55,13 +65,16 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from propbench.config import PropbenchConfig, compose, settings
     from propbench.models import build_model
     from propbench.plots import (plot_correlation, plot_phase_diagram, plot_propagation,
-                                 plot_ratio_heatmap, plot_sweep_grid, plot_variance)
+                                 plot_ratio_heatmap, plot_singular_values, plot_spread,
+                                 plot_sweep_grid, plot_variance)
     from propbench.probes import probe, probe_trials
-    from propbench.results import load
+    from propbench.results import load, load_spectrum
     from propbench.runner import RunResult, run
+    from propbench.spectrum import Spectrum, jacobian_spectrum
     from propbench.stacked import stack
     from propbench.sweep import aggregate, load_sweep
-    from propbench.theory import auto_gain, critical_sigma_w2, depth_scales, predict
+    from propbench.theory import (auto_gain, critical_sigma_w2, depth_scales, predict,
+                                  spectrum_moments)
     from propbench.verdict import summarize
 
 

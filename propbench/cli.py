@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from propbench.config import CONF_DIR, compose, register_configs, settings
+from propbench.config import CONF_DIR, compose, expand_aliases, register_configs, settings
 from propbench.errors import ConfigError, PropbenchError, first_line
 
 PROG = "propbench"
@@ -78,7 +78,7 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
 
     from propbench.plots import config_title
     from propbench.runner import run
-    from propbench.verdict import SIGNALS, describe
+    from propbench.verdict import SIGNALS, describe, describe_spectrum
 
     hydra_cfg = HydraConfig.get()
     job = (ready or {}).get(frozenset(hydra_cfg.overrides.task), cfg)
@@ -97,10 +97,13 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
     for quantity in SIGNALS:
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))
+    if "spectrum" in summary:
+        print("  " + describe_spectrum(summary["spectrum"]))
     if result.resumed:
         print(f"  kept {result.folder}/: complete for this config (resume=true)")
     else:
-        print(f"  wrote {result.folder}/ (stats.csv, summary.json, propagation.png)")
+        spectrum = ", spectrum.csv, spectrum.png" if result.spectrum is not None else ""
+        print(f"  wrote {result.folder}/ (stats.csv, summary.json, propagation.png{spectrum})")
     _warn_range(summary)
 
 
@@ -144,7 +147,8 @@ def main() -> None:
     """Console entry point (``propbench`` and ``python -m propbench``)."""
     import hydra
 
-    argv = sys.argv[1:]
+    argv = expand_aliases(sys.argv[1:])  # spectrum=true -> spectrum.enabled=true, for Hydra too
+    sys.argv[1:] = argv
     register_configs()
     ready = None
     if _checkable(argv):

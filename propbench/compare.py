@@ -31,6 +31,35 @@ PREDICTED = {
 }
 CNN_NOTE = ("mean-field recursion per pixel with zero padding (infinite width); the "
             "correlation ignores the borders")
+CENTRE_NOTE = ("mean-field recursion per pixel: a centre-tap kernel maps each pixel on its own "
+               "(infinite width)")
+SPECTRUM_NOTE = ("free probability (Pennington et al. 2017), infinite width, along the q-map; "
+                 "s1 = {s1:g} for {weights} weights")
+# growth of the spread of lambda (var / mean^2) per layer, over the deepest measured layers,
+# at or below which the spectrum counts as isometric: a tenth of a linear Gaussian net's 1
+ISOMETRIC_PER_LAYER = 0.1
+
+
+def _measured_variances(modules: list[Any]) -> list[tuple[float, float, float]]:
+    """(sigma_w2, sigma_b2, backward_w2) of each layer from its weights as they are (a
+    data-dependent init such as LSUV has no law for them): fan * mean(W^2), Var(b)."""
+    from propbench.inits import weight_fans
+
+    out = []
+    for module in modules:
+        fan_in, fan_out = weight_fans(module.weight)
+        second = float(module.weight.detach().double().pow(2).mean())
+        bias = 0.0 if module.bias is None else float(module.bias.detach().double().var(correction=0))
+        out.append((fan_in * second, bias, fan_out * second))
+    return out
+
+
+def _weights_law(s: Any, module: Any) -> str:
+    """``orthogonal`` or ``gaussian`` (any i.i.d. law): what the spectrum theory needs."""
+    from propbench.inits import resolve_gain, weight_fans
+
+    law = s.init.law(*weight_fans(module.weight), resolve_gain(s.init, s.act.name, s.act.slope))
+    return "orthogonal" if law.distribution in ("orthogonal", "delta_orthogonal") else "gaussian"
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,8 @@ class Theory:
     sigmas: Optional[tuple[float, float]] = None
     act: str = "relu"
     slope: Optional[float] = None
+    spectrum: Optional[theory.SpectrumMoments] = None  # with spectrum=true, where it applies
+    spectrum_note: str = ""
 
     @classmethod
     def of(cls, s: Any, model: Any) -> Theory:
@@ -52,26 +83,44 @@ class Theory:
         from propbench.inits import WEIGHTED_TYPES, layer_variances
 
         weighted = [m for m in model.probed_modules() if isinstance(m, WEIGHTED_TYPES)]
-        variances = layer_variances(weighted, s.init, s.act.name, s.act.slope)
+        if s.init.data_dependent:
+            variances = _measured_variances(weighted)
+        else:
+            variances = layer_variances(weighted, s.init, s.act.name, s.act.slope)
         if variances is None:
             return cls("the weights are not zero-mean (uniform with a != -b)")
         w2, b2, back = (list(v) for v in zip(*variances))
         sigmas = (w2[len(w2) // 2], b2[len(b2) // 2])
         gap = s.model.theory_gap()
         if gap:
-            return cls(gap, sigmas=sigmas)
+            return cls(gap, sigmas=sigmas, spectrum_note=gap)
+        spectrum, spectrum_note = None, ""
+        if s.spectrum.enabled:
+            if s.model.name == "cnn" and not s.init.centre_tap:
+                spectrum_note = ("the free-probability spectrum applies to dense layers and to "
+                                 "convs with a centre-tap kernel (init=delta_orthogonal)")
+            else:
+                weights = _weights_law(s, weighted[len(weighted) // 2])
+                spectrum = theory.spectrum_moments(s.act.name, w2, b2, len(w2), weights,
+                                                   s.act.slope)
+                spectrum_note = SPECTRUM_NOTE.format(s1=theory.S1[weights], weights=weights)
         if s.model.name == "cnn":
-            (_, _, head_back), = layer_variances([model.head[-1]], s.init, s.act.name, s.act.slope)
-            # dL/d(last post-activation) = W_head^T g / (H W) at every position
+            head = [model.head[-1]]
+            (_, _, head_back), = (_measured_variances(head) if s.init.data_dependent else
+                                  layer_variances(head, s.init, s.act.name, s.act.slope))
+            # dL/d(last post-activation) = W_head^T g / (H W) at every position; a
+            # centre-tap kernel maps each pixel on its own, as a 1 x 1 kernel would
+            kernel = 1 if s.init.centre_tap else s.model.kernel_size
             predicted = theory.predict_conv(
-                s.act.name, w2, b2, len(w2), s.model.image_size, s.model.kernel_size,
+                s.act.name, w2, b2, len(w2), s.model.image_size, kernel,
                 s.act.slope, backward_w2=back, cotangent_var=head_back / s.model.image_size**4,
                 c0=s.correlation)
-            return cls(CNN_NOTE, predicted, sigmas, s.act.name, s.act.slope)
+            note = CENTRE_NOTE if s.init.centre_tap else CNN_NOTE
+            return cls(note, predicted, sigmas, s.act.name, s.act.slope, spectrum, spectrum_note)
         predicted = theory.predict(s.act.name, w2, b2, len(w2), s.act.slope, batch=s.batch_size,
                                    backward_w2=back, c0=s.correlation)
         return cls("mean-field recursion (infinite width)", predicted, sigmas, s.act.name,
-                   s.act.slope)
+                   s.act.slope, spectrum, spectrum_note)
 
     def column(self, frame: pd.DataFrame) -> np.ndarray:
         """The predicted ``var`` of every row of ``frame`` -- for ``correlation`` rows the
@@ -99,6 +148,53 @@ class Theory:
         block.update(theory.depth_scales(self.act, sigma_w2, sigma_b2, self.slope))
         block["relative_deviation"] = {
             quantity: deviation(frame, quantity, site) for quantity, (site, _) in SIGNALS.items()}
+        return block
+
+
+    def spectrum_columns(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The predicted var(lambda) (``theory``) and mean(lambda) (``theory_mean_sq``) at
+        each spectrum row's layer; NaN where the theory does not apply."""
+        if self.spectrum is None:
+            nan = np.full(len(frame), np.nan)
+            return nan, nan.copy()
+        index = frame["layer"].to_numpy() - 1
+        return self.spectrum.var[index], self.spectrum.mean[index]
+
+    def spectrum_summary(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """The summary's ``spectrum`` block: at the deepest measured layer, the mean over
+        trials and examples of mean(lambda), var(lambda), the spread var / mean^2 (per
+        example, then averaged), the largest and smallest singular value; the theory there;
+        and the verdict: ``isometric`` where the spread grows by at most
+        ``ISOMETRIC_PER_LAYER`` per layer between the two deepest measured layers (from 0
+        with one), else ``spreading``. The growth, not spread / depth: the first layers,
+        before the q-map settles at q*, can spread more than the rest (tanh from q = 1)."""
+        by_layer = (frame["var_sq"] / frame["mean_sq"] ** 2).groupby(frame["layer"]).mean()
+        last = int(by_layer.index[-1])
+        rows = frame[frame["layer"] == last]
+        spread = float(by_layer.iloc[-1])
+        before, earlier = ((int(by_layer.index[-2]), float(by_layer.iloc[-2])) if len(by_layer) > 1
+                           else (0, 0.0))
+        growth = (spread - earlier) / (last - before)
+        block = {
+            "method": sorted(set(frame["method"])), "examples": int(frame["example"].nunique()),
+            "layers": sorted(int(l) for l in set(frame["layer"])), "last_layer": last,
+            "mean_sq": float(rows["mean_sq"].mean()), "var_sq": float(rows["var_sq"].mean()),
+            "spread": spread, "spread_growth_per_layer": growth,
+            "max_s": float(rows["max_s"].max()), "min_s": float(rows["min_s"].min()),
+            "verdict": "isometric" if growth <= ISOMETRIC_PER_LAYER else "spreading",
+            "theory": {"applies": self.spectrum is not None, "note": self.spectrum_note},
+        }
+        if self.spectrum is not None:
+            i = last - 1
+            m = self.spectrum
+            growth = (m.spread[i] - (m.spread[before - 1] if before else 0.0)) / (last - before)
+            block["theory"].update(mean_sq=float(m.mean[i]), var_sq=float(m.var[i]),
+                                   spread=float(m.spread[i]), spread_growth_per_layer=float(growth),
+                                   mu1=float(m.mu1[i]),
+                                   mu2=float(m.mu2[i]), q=float(m.q[i]))
+            block["theory"]["relative_deviation"] = {
+                "mean_sq": abs(block["mean_sq"] / float(m.mean[i]) - 1),
+                "spread": abs(spread / float(m.spread[i]) - 1) if m.spread[i] else math.nan}
         return block
 
 

@@ -32,6 +32,8 @@ Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 InputKind = Enum("InputKind", {v: v for v in ("normal", "tokens")}, module=__name__)
+SpectrumMethod = Enum("SpectrumMethod", {v: v for v in ("auto", "exact", "estimate")},
+                      module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -53,6 +55,10 @@ class ModelConfig:
         """(weight elements per width^2, activation elements per unit of width) of a block,
         for the memory estimate."""
         return 1, 1
+
+    def input_size(self, width: int) -> int:
+        """Elements of one input example (the columns of its Jacobian)."""
+        return width
 
     def theory_gap(self) -> Optional[str]:
         """Why the mean-field recursion does not describe this model, or None."""
@@ -94,6 +100,9 @@ class CNNConfig(ModelConfig):
     def footprint(self) -> tuple[int, int]:
         # channel growth and pooling trade channels for pixels; the first stage bounds both
         return self.kernel_size**2 * self.channel_growth**2, self.image_size**2
+
+    def input_size(self, width: int) -> int:
+        return self.in_channels * self.image_size**2
 
     def theory_gap(self) -> Optional[str]:
         if self.stage_every > 0 and self.pool != Pool.none:
@@ -193,6 +202,46 @@ class ActConfig:
     slope: Optional[float] = None
 
 
+def default_layers(depth: int) -> list[int]:
+    """The blocks whose Jacobian spectra are taken by default: 1, 2, 4, ... below ``depth``,
+    and ``depth`` itself."""
+    layers, layer = [], 1
+    while layer < depth:
+        layers.append(layer)
+        layer *= 2
+    return layers + [depth]
+
+
+@dataclass
+class SpectrumConfig:
+    """``spectrum=true``: the singular values of the Jacobian of the block outputs with
+    respect to the input (propbench.spectrum), written to spectrum.csv and spectrum.png.
+    ``spectrum=true`` is short for ``spectrum.enabled=true``."""
+
+    enabled: bool = False
+    examples: int = 4  # the first inputs of each trial's batch whose Jacobians are taken
+    layers: Optional[list[int]] = None  # block indices; null: 1, 2, 4, ... below depth, and depth
+    # exact: full Jacobians and an SVD; estimate: stochastic Lanczos (mean by Hutchinson,
+    # largest singular value by Ritz values); auto: exact while it fits a quarter of the
+    # free memory
+    method: SpectrumMethod = SpectrumMethod.auto
+
+    def check(self, depth: int, batch_size: int, model: ModelConfig) -> None:
+        _at_least("spectrum.examples", self.examples, 1)
+        for layer in self.layers or []:
+            if not 1 <= layer <= depth:
+                raise ConfigError(f"spectrum.layers: {layer} is not a block (1..depth={depth})")
+        if self.layers is not None and not self.layers:
+            raise ConfigError("spectrum.layers=[]: give at least one block, or null for the default")
+        if not self.enabled:
+            return
+        if self.examples > batch_size:
+            raise ConfigError(f"spectrum.examples={self.examples}: at most batch_size={batch_size}")
+        if model.norm == Norm.batchnorm:
+            raise ConfigError("spectrum=true: BatchNorm mixes the examples of a batch, so one "
+                              "example's Jacobian is not defined; use model.norm=none")
+
+
 @dataclass
 class Expectation:
     """One checkable consequence of an experiment's claim: every job whose overrides match
@@ -240,6 +289,7 @@ class PropbenchConfig:
     correlation: Optional[float] = None
     input: InputConfig = field(default_factory=InputConfig)  # model=custom only
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # model=custom only
+    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)  # Jacobian singular values
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:
@@ -306,6 +356,8 @@ def validate(s: PropbenchConfig) -> None:
     s.model.check()
     _check_slope(s.act)
     s.init.check()
+    s.init.check_model(s.model, s.width)
+    s.spectrum.check(s.depth, s.batch_size, s.model)
     if s.model.name == "custom":
         _check_custom(s)
     else:
@@ -340,6 +392,9 @@ def _check_custom(s: PropbenchConfig) -> None:
     for key, site in s.probe.sites.items():
         if site is not None and site not in SITE_NAMES:
             raise ConfigError(f"probe.sites.{key}={site}: choose one of {', '.join(SITE_NAMES)} or null")
+    if s.spectrum.enabled:
+        raise ConfigError("spectrum=true: not from the CLI for model=custom; call "
+                          "propbench.jacobian_spectrum(model, inputs, layers=...) on it")
 
 
 def _schema() -> Any:
@@ -385,7 +440,7 @@ def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = F
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = list(overrides or [])
+    overrides = expand_aliases(list(overrides or []))
     register_configs()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR),
@@ -394,6 +449,21 @@ def compose(overrides: Optional[list[str]] = None, return_hydra_config: bool = F
                                  return_hydra_config=return_hydra_config)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain(err, overrides)) from None
+
+
+_ALIAS = re.compile(r"^(?P<key>[+~]*spectrum)=(?P<value>(true|false|True|False)(,(true|false|True|False))*)$")
+
+
+def expand_aliases(overrides: list[str]) -> list[str]:
+    """``spectrum=BOOL`` (or a sweep of them) is ``spectrum.enabled=BOOL``: a key cannot be
+    both a switch and a group of settings in Hydra, so the short form is rewritten here, for
+    the CLI and :func:`compose` alike."""
+    out = []
+    for override in overrides:
+        match = _ALIAS.match(override)
+        out.append(f"spectrum.enabled={match['value']}" if match and not match["key"].startswith(("+", "~"))
+                   else override)
+    return out
 
 
 def settings(cfg: Any) -> PropbenchConfig:
@@ -457,6 +527,7 @@ def _refuse_unknown_keys(cfg: Any) -> dict[str, Any]:
 def _known_keys() -> list[str]:
     """Every key of the schemas: top level, and each group's keys over all its options."""
     keys = [f.name for f in fields(PropbenchConfig)]
+    keys += [f"spectrum.{f.name}" for f in fields(SpectrumConfig)]
     for group, (_, options) in GROUPS.items():
         keys += dict.fromkeys(f"{group}.{f.name}" for option in options.values() for f in fields(option))
     return keys

@@ -65,6 +65,24 @@ def trial_bytes(s: Any) -> int:
     return _ITEMSIZE[s.dtype] * (weights + s.depth * saved * activation + 4 * activation)
 
 
+def exact_bytes(n: int, sizes: Any, itemsize: int) -> int:
+    """Memory of the exact Jacobian spectrum of one example (propbench.spectrum): the
+    Jacobians (n inputs x m_l outputs at each layer, in the model's dtype) and one float64
+    copy of the largest for the SVD, twice (its workspace)."""
+    return n * sum(sizes) * itemsize + 2 * 8 * n * max(sizes)
+
+
+def spectrum_bytes(s: Any) -> int:
+    """Memory of ``spectrum.method=exact`` for one example (propbench.spectrum.exact_bytes):
+    n x m Jacobians at each chosen layer, m = width x pixels bounding a block's output."""
+    from propbench.config import default_layers
+
+    layers = len(s.spectrum.layers or default_layers(s.depth))
+    _, pixels = s.model.footprint()
+    return exact_bytes(s.model.input_size(s.width), [s.width * pixels] * layers,
+                       _ITEMSIZE[s.dtype])
+
+
 def available_bytes(device: Any) -> int:
     if device.type == "cuda":
         import torch
@@ -86,6 +104,13 @@ def check_memory(s: Any, device: Any, trials: int = 1) -> None:
     exceeds 90% of free memory. Weights are built on the CPU first, so it must hold them too."""
     need = estimate_bytes(s, trials)
     have = available_bytes(device)
+    if s.spectrum.enabled and s.spectrum.method.value == "exact":
+        exact = spectrum_bytes(s)
+        if need + exact > 0.9 * have:
+            raise ConfigError(
+                f"spectrum.method=exact: the Jacobians need about {exact / GIB:.1f} GiB on "
+                f"{device.type} but {have / GIB:.1f} GiB is free; use spectrum.method=auto "
+                "(the estimate where they do not fit) or fewer spectrum.layers")
     if need > 0.9 * have:
         lower = "trial_batch, depth, width or batch_size" if trials > 1 else "depth, width or batch_size"
         raise ConfigError(

@@ -48,8 +48,8 @@ from propbench.errors import ConfigError, choose
 # fan_in preserves the forward variance, fan_out the backward one; a default bias is
 # PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
 Mode = Enum("Mode", {v: v for v in ("fan_in", "fan_out")}, module=__name__)
-Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal")},
-                    module=__name__)
+Distribution = Enum("Distribution", {v: v for v in ("normal", "uniform", "orthogonal",
+                                                  "delta_orthogonal")}, module=__name__)
 BiasInit = Enum("BiasInit", {v: v for v in ("zeros", "default")}, module=__name__)
 
 
@@ -62,7 +62,9 @@ def fan(mode: str, fan_in: float, fan_out: float) -> float:
 @dataclass(frozen=True)
 class Law:
     """What a tensor is drawn from: ``normal`` N(mean, scale^2), ``uniform``
-    U(mean - scale, mean + scale), or ``orthogonal``, a random orthogonal matrix times scale."""
+    U(mean - scale, mean + scale), ``orthogonal``, a random orthogonal matrix times scale
+    (a conv kernel flattened to out x (in k^2), as torch's ``orthogonal_``), or
+    ``delta_orthogonal``, a conv kernel zero but at its centre tap, which is orthogonal."""
 
     distribution: str
     scale: float
@@ -73,13 +75,14 @@ class Law:
                     fan_out: float = 1) -> Law:
         """The law of ``distribution`` with per-element variance ``variance``."""
         std = math.sqrt(variance)
-        scales = {"normal": std, "uniform": math.sqrt(3.0) * std,
-                  "orthogonal": math.sqrt(variance * max(fan_in, fan_out))}
+        orthogonal = math.sqrt(variance * max(fan_in, fan_out))
+        scales = {"normal": std, "uniform": math.sqrt(3.0) * std, "orthogonal": orthogonal,
+                  "delta_orthogonal": orthogonal}
         return cls(distribution, choose(scales, distribution, "init.distribution"))
 
     def variance(self, fan_in: float, fan_out: float) -> float:
         """Per-element variance; an orthogonal matrix's rows (or columns) have norm scale."""
-        if self.distribution == "orthogonal":
+        if self.distribution in ("orthogonal", "delta_orthogonal"):
             return self.scale**2 / max(fan_in, fan_out)
         return self.scale**2 / (3 if self.distribution == "uniform" else 1)
 
@@ -96,6 +99,8 @@ class InitConfig:
     name: str = "default"
     gain_from_activation: ClassVar[bool] = False  # null gain -> the activation's Kaiming gain
     auto_gain: ClassVar[bool] = False  # takes gain=auto
+    data_dependent: ClassVar[bool] = False  # rescaled on the probe's inputs after the draw
+    centre_tap: ClassVar[bool] = False  # a conv's kernel is zero but at its centre tap
 
     def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
         raise NotImplementedError
@@ -103,6 +108,9 @@ class InitConfig:
     def bias_law(self, fan_in: float) -> Optional[Law]:
         """The bias's law; None: zeros."""
         return _pytorch_bias(fan_in) if getattr(self, "bias", None) == BiasInit.default else None
+
+    def check_model(self, model: Any, width: int) -> None:
+        """Checks against the model (ConfigError, one line); most schemes fit any."""
 
     def check(self) -> None:
         """Range checks that types alone cannot express (ConfigError, one line)."""
@@ -243,10 +251,67 @@ class OrthogonalInit(InitConfig):
         return Law("orthogonal", gain)
 
 
+def _check_centre_tap(model: Any, width: int) -> None:
+    """A CNN's first conv maps in_channels to width: an orthogonal centre tap needs more."""
+    in_channels = getattr(model, "in_channels", None)
+    if in_channels is not None and width < in_channels:
+        raise ConfigError(
+            f"init=delta_orthogonal: width={width} < model.in_channels={in_channels}; an "
+            "orthogonal centre tap needs out_channels >= in_channels")
+
+
+@dataclass
+class DeltaOrthogonalInit(InitConfig):
+    """Xiao et al. (2018, "Dynamical Isometry and a Mean Field Theory of CNNs", algorithm 1):
+    a conv kernel that is zero but at its centre tap, which holds gain times a random
+    orthogonal (out x in) matrix, so that at initialization each conv maps every pixel by
+    the same orthogonal matrix and the CNN is an orthogonal MLP per pixel. Needs
+    out_channels >= in_channels (orthonormal columns). Var(W) = gain^2 / max(fan_in, fan_out)
+    over the whole kernel, as for ``orthogonal``; a Linear layer gets ``orthogonal``."""
+
+    name: str = "delta_orthogonal"
+    gain: Any = None
+    bias: BiasInit = BiasInit.zeros
+    centre_tap: ClassVar[bool] = True
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law("delta_orthogonal", gain)
+
+    def check_model(self, model: Any, width: int) -> None:
+        _check_centre_tap(model, width)
+
+
+@dataclass
+class LSUVInit(InitConfig):
+    """Mishkin & Matas (2016, "All you need is a good init", algorithm 1): orthogonal
+    weights (Saxe et al. 2014), then layer by layer in forward order, on the probe's own
+    inputs, W <- W / sqrt(Var(output)) until |Var(output) - 1| <= tol, at most max_iter
+    rescalings (:func:`lsuv_`). Biases zero."""
+
+    name: str = "lsuv"
+    tol: float = 0.1  # |Var(output) - 1| at which a layer is done
+    max_iter: int = 10  # rescalings per layer at most
+    bias: BiasInit = BiasInit.zeros
+    data_dependent: ClassVar[bool] = True
+
+    def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
+        return Law("orthogonal", 1.0)
+
+    def calibrate(self, model: Any, inputs: Any) -> dict[str, Any]:
+        """Rescale ``model``'s weights on ``inputs`` (:func:`lsuv_`); returns the record."""
+        return lsuv_(model, inputs, self.tol, self.max_iter)
+
+    def check(self) -> None:
+        _finite("tol", self.tol, 0, strict=True)
+        if self.max_iter < 1:
+            raise ConfigError(f"init.max_iter={self.max_iter}: must be >= 1")
+
+
 @dataclass
 class ScaledInit(InitConfig):
     """Poole et al. (2016)'s parametrization: Var(W) = sigma_w2 / fan_mode drawn from
-    ``distribution``, bias ~ N(0, sigma_b2)."""
+    ``distribution`` (``delta_orthogonal``: as init=delta_orthogonal, Xiao et al. 2018),
+    bias ~ N(0, sigma_b2)."""
 
     name: str = "scaled"
     sigma_w2: float = 1.0
@@ -261,6 +326,14 @@ class ScaledInit(InitConfig):
     def bias_law(self, fan_in: float) -> Optional[Law]:
         return Law("normal", math.sqrt(self.sigma_b2))
 
+    @property
+    def centre_tap(self) -> bool:  # type: ignore[override]
+        return self.distribution == Distribution.delta_orthogonal
+
+    def check_model(self, model: Any, width: int) -> None:
+        if self.centre_tap:
+            _check_centre_tap(model, width)
+
     def check(self) -> None:
         _finite("sigma_w2", self.sigma_w2, 0, strict=True)
         _finite("sigma_b2", self.sigma_b2, 0)
@@ -269,7 +342,7 @@ class ScaledInit(InitConfig):
 INITS: dict[str, type[InitConfig]] = {
     scheme.name: scheme for scheme in (
         DefaultInit, UniformInit, NormalInit, KaimingInit, KaimingUniformInit, XavierInit,
-        XavierUniformInit, LecunInit, OrthogonalInit, ScaledInit)
+        XavierUniformInit, LecunInit, OrthogonalInit, DeltaOrthogonalInit, LSUVInit, ScaledInit)
 }
 
 
@@ -323,11 +396,41 @@ def draw_(tensor: Any, law: Law) -> Any:
     import torch
 
     with torch.no_grad():
-        if law.distribution == "orthogonal":
+        if law.distribution == "delta_orthogonal" and tensor.dim() > 2:
+            return delta_orthogonal_(tensor, law.scale)
+        if law.distribution in ("orthogonal", "delta_orthogonal"):
             return torch.nn.init.orthogonal_(tensor, law.scale)
         if law.distribution == "uniform":
             return tensor.uniform_(law.mean - law.scale, law.mean + law.scale)
         return tensor.normal_(law.mean, law.scale)
+
+
+def delta_orthogonal_(weight: Any, gain: float = 1.0) -> Any:
+    """Fill a conv weight (out, in, k, ...) in place with zeros but at the kernel's centre,
+    which gets ``gain`` times a random (out x in) matrix with orthonormal columns (Xiao et al.
+    2018). ConfigError where out < in (no such matrix).
+
+    >>> import torch
+    >>> w = delta_orthogonal_(torch.empty(8, 4, 3, 3))
+    >>> centre = w[:, :, 1, 1]
+    >>> bool(torch.allclose(centre.T @ centre, torch.eye(4), atol=1e-6))
+    True
+    >>> int(torch.count_nonzero(w)) == int(torch.count_nonzero(centre))
+    True
+    """
+    import torch
+
+    out_channels, in_channels = weight.shape[:2]
+    if out_channels < in_channels:
+        raise ConfigError(f"init=delta_orthogonal: a conv with {out_channels} output channels < "
+                          f"{in_channels} input channels has no orthogonal centre tap")
+    if any(k % 2 == 0 for k in weight.shape[2:]):
+        raise ConfigError(f"init=delta_orthogonal: kernel {tuple(weight.shape[2:])} has no centre tap")
+    centre = (slice(None), slice(None), *(k // 2 for k in weight.shape[2:]))
+    with torch.no_grad():
+        weight.zero_()
+        weight[centre] = torch.nn.init.orthogonal_(weight.new_empty(out_channels, in_channels), gain)
+    return weight
 
 
 def variance_scaling_(weight: Any, scale: float = 1.0, mode: str = "fan_in",
@@ -380,3 +483,49 @@ def layer_variances(modules: list[Any], init: InitConfig, act: str,
         out.append((fan_in * variance, bias.variance(fan_in, fan_out) if bias else 0.0,
                     fan_out * variance))
     return out
+
+
+def lsuv_(model: Any, inputs: Any, tol: float = 0.1, max_iter: int = 10) -> dict[str, Any]:
+    """Layer-sequential unit-variance rescaling (Mishkin & Matas 2016, algorithm 1), in place:
+    in one forward pass over ``inputs``, each Linear/Conv, as it fires, has its weight
+    divided by sqrt(Var(output)) until |Var(output) - 1| <= ``tol`` (at most ``max_iter``
+    times), and the layers after it see its rescaled output. With zero biases one rescaling
+    is exact; a bias makes it iterative. Var is over all elements of the output (batch,
+    units, positions), as the probe's ``pre`` rows measure it.
+
+    Returns {"iterations": rescalings per layer, "variances": the reached Var(output) per
+    layer}, in forward order.
+
+    >>> import torch
+    >>> layer = lambda: torch.nn.Linear(64, 64, bias=False)
+    >>> net = torch.nn.Sequential(layer(), torch.nn.ReLU(), layer())
+    >>> record = lsuv_(net, torch.randn(256, 64))
+    >>> [round(v, 6) for v in record["variances"]], record["iterations"]
+    ([1.0, 1.0], [1, 1])
+    """
+    import torch
+
+    weighted = _layer_types()["WEIGHTED_TYPES"]
+    iterations: list[int] = []
+    variances: list[float] = []
+
+    def calibrate(module: Any, args: Any, output: Any) -> Any:
+        done = 0
+        variance = float(output.detach().double().var(correction=0))
+        while abs(variance - 1.0) > tol and done < max_iter and variance > 0 and math.isfinite(variance):
+            module.weight.mul_(1.0 / math.sqrt(variance))
+            output = module.forward(*args)
+            variance = float(output.detach().double().var(correction=0))
+            done += 1
+        iterations.append(done)
+        variances.append(variance)
+        return output
+
+    handles = [m.register_forward_hook(calibrate) for m in model.modules() if isinstance(m, weighted)]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"iterations": iterations, "variances": variances}

@@ -102,8 +102,24 @@ BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], DeepStack]] = {"mlp
 DTYPES = {DType.float32: torch.float32, DType.float64: torch.float64}
 
 
-def build_model(cfg: Any, seed: Optional[int] = None) -> DeepStack:
+def draw_inputs(s: PropbenchConfig, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard-normal inputs; with ``correlation=c0``, interleaved pairs (rows 2i, 2i+1)
+    x_b = c0 x_a + sqrt(1 - c0^2) n, so that each pair has correlation c0."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((s.batch_size, *shape), generator=generator, dtype=DTYPES[s.dtype])
+    if s.correlation is not None:
+        c0 = s.correlation
+        x[1::2] = c0 * x[0::2] + (1 - c0**2) ** 0.5 * x[1::2]
+    return x
+
+
+def build_model(cfg: Any, seed: Optional[int] = None, input_seed: Optional[int] = None) -> DeepStack:
     """Build and initialize the network ``cfg`` describes, on the CPU.
+
+    A data-dependent scheme (``init=lsuv``) is then calibrated on the inputs a run probes
+    with, :func:`draw_inputs` with ``input_seed`` (default: the config's input stream for
+    trial 0); its record (iterations and reached variances per layer) is the model's
+    ``calibration`` attribute.
 
     Construction and init draw from torch's global generator seeded with ``seed`` (default:
     the config's weight stream for trial 0) inside ``torch.random.fork_rng``, so the
@@ -121,6 +137,9 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> DeepStack:
         torch.manual_seed(seed)
         model = build(s, DTYPES[s.dtype])
         init_model(model, s.init, s.act.name, s.act.slope)
+    if s.init.data_dependent:
+        seed = trial_seeds(s.seed, 0).inputs if input_seed is None else input_seed
+        model.calibration = s.init.calibrate(model, draw_inputs(s, model.input_shape, seed))
     return model
 
 

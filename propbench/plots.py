@@ -414,3 +414,143 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
         paths.append(folder / f"heatmap_depth{depth}.png")
         _save(heat, paths[-1], dpi=100)
     return paths
+
+
+# --- Jacobian spectra (spectrum.csv) -------------------------------------------------------
+
+# a measured spread below this is round-off of an exact isometry (float32: ~1e-12); it is
+# named, not drawn, so that it does not squash the other lines
+SPREAD_FLOOR = 1e-3
+
+
+def _spread(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: the normalized spread var(lambda) / mean(lambda)^2 of each (trial,
+    example), its mean, min and max, and the theory's."""
+    spread = rows.assign(_spread=rows["var_sq"] / rows["mean_sq"] ** 2)
+    stats = spread.groupby("layer")["_spread"].agg(["mean", "min", "max"])
+    if "theory" in rows.columns:
+        theory = rows.groupby("layer")[["theory", "theory_mean_sq"]].first()
+        stats["theory"] = theory["theory"] / theory["theory_mean_sq"] ** 2
+    return stats.reset_index()
+
+
+def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
+                line_by: Sequence[str] = ()) -> Any:
+    """The spread of lambda = s^2, var(lambda) / mean(lambda)^2, against the layer on log
+    axes (mean over trials and examples, band min..max), the free-probability theory dashed
+    in the same colour; one line per value of ``line_by`` (a sweep's keys) or one line."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    groups = frame.groupby(list(line_by), sort=True) if line_by else [((), frame)]
+    theory_drawn, zero_theory, tiny = False, [], []
+    for i, (values, rows) in enumerate(groups):
+        colour = f"C{i % 10}"
+        stats = _spread(rows)
+        ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
+        label = _label(line_by, values) if line_by else "measured"
+        if ok.any() and stats["mean"][ok].max() < SPREAD_FLOOR:
+            tiny.append(f"{label} (at most {stats['mean'][ok].max():.1g})")
+            ok[:] = False
+        ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker="o", markersize=3,
+                lw=1.5, label=label)
+        ax.fill_between(stats["layer"][ok], stats["min"][ok].clip(lower=1e-300),
+                        stats["max"][ok], color=colour, alpha=0.2, lw=0)
+        if "theory" in stats.columns and stats["theory"].notna().any():
+            shown = np.isfinite(stats["theory"]) & (stats["theory"] > 0)
+            ax.plot(stats["layer"][shown], stats["theory"][shown], color=colour, ls="--", lw=1.2)
+            theory_drawn = theory_drawn or bool(shown.any())
+            if (stats["theory"] == 0).all():
+                zero_theory.append(label)
+    if theory_drawn:
+        ax.plot([], [], color="grey", ls="--", lw=1.2, label="free-probability theory (dashed)")
+    notes = []
+    if tiny:
+        notes.append(f"below {SPREAD_FLOOR:g}, not drawn: " + "; ".join(tiny))
+    if zero_theory:
+        notes.append("theory 0 (isometry): " + "; ".join(zero_theory))
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
+                color="grey", va="bottom")
+    ax.set_xscale("log", base=2)
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    return format_axes(ax, "Spread of \u03bb = s\u00b2 (singular values of the input-output Jacobian)",
+                       "layer (block index, log scale)", "var(\u03bb) / mean(\u03bb)\u00b2 (log scale)")
+
+
+def plot_singular_values(values: np.ndarray, ax: Optional[Any] = None,
+                         layer: Optional[int] = None,
+                         theory_mean_sq: Optional[float] = None) -> Any:
+    """The distribution of the singular values ``values`` (any shape, e.g. trials*examples x
+    k): the fraction in each of 60 bins even on a log s axis; dashed, the theory's
+    root-mean-square singular value sqrt(mean lambda)."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    s = np.asarray(values, dtype=float).ravel()
+    s = s[np.isfinite(s)]
+    # below 1e-7 of the largest a singular value is zero to float32's resolution (a dead
+    # ReLU unit makes exact zeros, which an SVD returns as 1e-120 or so)
+    zero = s <= 1e-7 * s.max() if len(s) else np.zeros(0, bool)
+    shown = s[~zero]
+    if len(shown):
+        low, high = shown.min(), shown.max()
+        if high / low < 1.2:  # an isometric spectrum: a window of +-10% around it
+            low, high = min(low, 0.9 * np.sqrt(low * high)), max(high, 1.1 * np.sqrt(low * high))
+        bins = np.geomspace(low, high, 60)
+        label = f"measured ({len(s)} singular values"
+        label += f", {int(zero.sum())} below 1e-7 of the largest not shown)" if zero.any() else ")"
+        ax.hist(shown, bins=bins, weights=np.full(len(shown), 1 / len(s)), color="C0",
+                alpha=0.7, label=label)
+        ax.set_xscale("log")
+        ax.axvline(np.sqrt(np.mean(s**2)), color="C0", lw=1.2, label="measured rms")
+    if theory_mean_sq is not None and np.isfinite(theory_mean_sq) and theory_mean_sq > 0:
+        ax.axvline(np.sqrt(theory_mean_sq), color="black", ls="--", lw=1.2,
+                   label="theory rms = sqrt(mean \u03bb)")
+    where = f" at layer {layer}" if layer is not None else ""
+    return format_axes(ax, f"Singular values{where}", "singular value s (log scale)",
+                       "fraction of singular values per bin", log_y=False)
+
+
+def save_spectrum(frame: pd.DataFrame, path: Any, values: Optional[np.ndarray] = None) -> None:
+    """spectrum.png: the spread against depth and, where the singular values are known
+    (exact method), their density at the deepest layer."""
+    from matplotlib.figure import Figure
+
+    panels = 2 if values is not None else 1
+    figure = Figure(figsize=(6.5 * panels, 4.8), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    plot_spread(frame, axes[0])
+    if values is not None:
+        last = int(frame["layer"].max())
+        theory = frame.loc[frame["layer"] == last, "theory_mean_sq"] if "theory_mean_sq" in frame else None
+        plot_singular_values(values, axes[1], last,
+                             None if theory is None else float(theory.iloc[0]))
+    methods = ", ".join(sorted(set(frame["method"])))
+    examples = frame["example"].nunique()
+    figure.suptitle(f"{config_title(frame)} \u00b7 {examples} example{'s' if examples > 1 else ''}"
+                    f" \u00b7 {methods}", fontsize=11)
+    _save(figure, path, dpi=110)
+
+
+def save_sweep_spectrum(frame: pd.DataFrame, folder: Any, swept: Sequence[str] = ()) -> Any:
+    """A sweep's spectrum.png: the spread against depth, one line per job (labelled by the
+    swept keys), theory dashed; written without pyplot."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 5.5), layout="constrained")
+    line_by = list(swept) or ["job"]
+    plot_spread(frame, figure.subplots(), line_by=line_by)
+    widths = ", ".join(str(w) for w in sorted(set(frame["width"])))
+    examples = frame["example"].nunique()
+    figure.suptitle(f"Jacobian spectra \u00b7 width {widths} \u00b7 up to {examples} "
+                    f"example{'s' if examples > 1 else ''} per trial \u00b7 mean over trials and examples")
+    path = Path(folder) / "spectrum.png"
+    _save(figure, path, dpi=100)
+    return path

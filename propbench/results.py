@@ -24,6 +24,8 @@ FIGURE = "propagation.png"
 ERROR = "error.json"  # a sweep job that failed: its error instead of a summary
 MANIFEST = "jobs.json"  # a sweep folder: every job's number and overrides
 SWEEP_CSV = "sweep.csv"
+SPECTRUM = "spectrum.csv"  # spectrum=true: one row per (trial, example, layer)
+SPECTRUM_FIGURE = "spectrum.png"
 
 # The frame's contract: columns and their types (config columns follow these).
 COLUMN_TYPES = {
@@ -63,6 +65,21 @@ def write_stats(folder: Path, frame: pd.DataFrame) -> Path:
     path = folder / STATS
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
     return path
+
+
+def write_spectrum(folder: Path, frame: pd.DataFrame) -> Path:
+    path = folder / SPECTRUM
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
+    return path
+
+
+def load_spectrum(path: str | os.PathLike) -> pd.DataFrame:
+    """The ``spectrum.csv`` of a run folder (or the file itself)."""
+    path = Path(path)
+    csv = path / SPECTRUM if path.is_dir() else path
+    if not csv.exists():
+        raise ResultsError(f"{path}: no {SPECTRUM} (run with spectrum=true)")
+    return pd.read_csv(csv)
 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> Path:

@@ -21,10 +21,10 @@ from propbench.compare import Theory
 from propbench.config import InputKind, PropbenchConfig, settings
 from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
 from propbench.errors import ProbeWarning, PropbenchError
-from propbench.models import DTYPES, build_model
+from propbench.models import DTYPES, build_model, draw_inputs  # noqa: F401 (draw_inputs: API)
 from propbench.probes import probe, probe_trials
-from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
-                               write_stats, write_summary)
+from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, completed_config, load,
+                               read_summary, write_spectrum, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
@@ -46,6 +46,19 @@ class RunResult:
     summary: dict[str, Any]  # what summary.json holds
     folder: Optional[Path] = None
     resumed: bool = False  # True: kept from a complete earlier run (resume=true)
+    # spectrum=true: one row per (trial, example, layer) (spectrum.csv), and the singular
+    # values at the deepest layer (trials * examples rows) where they were computed exactly
+    spectrum: Optional[pd.DataFrame] = None
+    singular_values: Optional[np.ndarray] = None
+
+
+@dataclass
+class _Measured:
+    frame: pd.DataFrame
+    theory: Theory
+    spectrum: Optional[pd.DataFrame] = None
+    singular_values: Optional[np.ndarray] = None
+    calibration: Optional[list[dict[str, Any]]] = None  # per trial, data-dependent inits
 
 
 def setup(cfg: Any) -> Setup:
@@ -81,10 +94,19 @@ def run(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
     if folder is not None and job.settings.resume and _same_run(job.settings, folder):
         return RunResult(load(folder), read_summary(folder), folder, resumed=True)
     started = time.perf_counter()
-    frame, theory = _measure(job)
+    measured = _measure(job)
     elapsed = time.perf_counter() - started
-    frame = _annotate(frame, job.settings, theory)
-    result = RunResult(frame, _summary(frame, job, theory, elapsed), folder)
+    frame = _annotate(measured.frame, job.settings, measured.theory)
+    spectrum = measured.spectrum
+    if spectrum is not None:
+        spectrum = _annotate_spectrum(spectrum, job.settings, measured.theory)
+    summary = _summary(frame, job, measured.theory, elapsed)
+    if spectrum is not None:
+        summary["spectrum"] = measured.theory.spectrum_summary(spectrum)
+    if measured.calibration is not None:
+        summary["lsuv"] = _calibration_summary(job.settings, measured.calibration)
+    result = RunResult(frame, summary, folder, spectrum=spectrum,
+                       singular_values=measured.singular_values)
     if folder is not None:
         _write(result)
     return result
@@ -103,35 +125,34 @@ def _same_run(s: PropbenchConfig, folder: Path) -> bool:
     return done is not None and {**done, **how} == {**s.to_dict(), **how}
 
 
-def draw_inputs(s: PropbenchConfig, shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    """Standard-normal inputs; with ``correlation=c0``, interleaved pairs (rows 2i, 2i+1)
-    x_b = c0 x_a + sqrt(1 - c0^2) n, so that each pair has correlation c0."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((s.batch_size, *shape), generator=generator, dtype=DTYPES[s.dtype])
-    if s.correlation is not None:
-        c0 = s.correlation
-        x[1::2] = c0 * x[0::2] + (1 - c0**2) ** 0.5 * x[1::2]
-    return x
-
-
 def _chunks(trials: int, at_once: int) -> Iterator[range]:
     for start in range(0, trials, at_once):
         yield range(start, min(start + at_once, trials))
 
 
-def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
+def _measure(job: Setup) -> _Measured:
     """Every trial's frame, ``at_once`` trials stacked into one network per pass (a single
-    network is one trial), and the theory of the first trial's network."""
+    network is one trial), and the theory of the first trial's network; with
+    ``spectrum=true`` each trial's Jacobian spectrum, taken before the stacking."""
     s, frames, theory = job.settings, [], None
     if s.model.name == "custom":
-        return _measure_custom(job), Theory(s.model.theory_gap())
+        return _Measured(_measure_custom(job), Theory(s.model.theory_gap()))
+    spectra, values, calibration = [], [], []
     try:
         for trials in _chunks(s.trials, job.at_once):
             seeds = [trial_seeds(s.seed, t) for t in trials]
-            models = [build_model(s, seed=seed.weights) for seed in seeds]
-            if theory is None:  # it reads the layers' fans, not their values
+            models = [build_model(s, seed=seed.weights, input_seed=seed.inputs) for seed in seeds]
+            if theory is None:  # it reads the layers' fans (LSUV: their weights)
                 theory = Theory.of(s, models[0])
             inputs = [draw_inputs(s, models[0].input_shape, seed.inputs) for seed in seeds]
+            if s.init.data_dependent:
+                calibration += [model.calibration for model in models]
+            if s.spectrum.enabled:
+                for t, model, x, seed in zip(trials, models, inputs, seeds):
+                    spectrum = _spectrum(s, model.to(job.device), x, seed.cotangent)
+                    spectrum.frame.insert(0, "trial", t)
+                    spectra.append(spectrum.frame)
+                    values.append(spectrum.values.get(int(spectrum.frame["layer"].max())))
             stacked = stack(models).to(job.device)
             del models  # the stacked copy holds their weights now
             frame = probe_trials(stacked, inputs, seeds=[seed.cotangent for seed in seeds],
@@ -144,7 +165,41 @@ def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
             f"out of memory on {job.device} at depth={s.depth}, width={s.width}, "
             f"batch_size={s.batch_size}; lower one of them"
         ) from None
-    return pd.concat(frames, ignore_index=True), theory
+    measured = _Measured(pd.concat(frames, ignore_index=True), theory)
+    if spectra:
+        measured.spectrum = pd.concat(spectra, ignore_index=True)
+        if all(v is not None for v in values):
+            measured.singular_values = np.concatenate(values)
+    if calibration:
+        measured.calibration = calibration
+    return measured
+
+
+def _spectrum(s: PropbenchConfig, model: Any, inputs: torch.Tensor, seed: int) -> Any:
+    """The Jacobian spectrum of one trial's network at its first ``spectrum.examples``
+    inputs (the estimator's probes drawn with the trial's cotangent stream)."""
+    from propbench.spectrum import jacobian_spectrum
+
+    return jacobian_spectrum(model, inputs[:s.spectrum.examples], layers=s.spectrum.layers,
+                             method=s.spectrum.method.value, seed=seed % 2**62)
+
+
+def _annotate_spectrum(spectrum: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.DataFrame:
+    """The theory of each spectrum row (``theory``: var of lambda, ``theory_mean_sq``: its
+    mean) and the config columns."""
+    spectrum["theory"], spectrum["theory_mean_sq"] = theory.spectrum_columns(spectrum)
+    for column, value in config_columns(s).items():
+        spectrum[column] = value
+    spectrum["sigma_w2"], spectrum["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
+    return spectrum
+
+
+def _calibration_summary(s: PropbenchConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary's ``lsuv`` block: per trial, the rescalings and the reached output
+    variance of every Linear/Conv in forward order, and whether all are within ``tol``."""
+    within = all(abs(v - 1) <= s.init.tol for r in records for v in r["variances"])
+    return {"tol": s.init.tol, "max_iter": s.init.max_iter, "within_tol": within,
+            "trials": records}
 
 
 def custom_inputs(s: PropbenchConfig, seed: int) -> torch.Tensor:
@@ -247,4 +302,9 @@ def _write(result: RunResult) -> None:
     result.folder.mkdir(parents=True, exist_ok=True)
     write_stats(result.folder, result.frame)
     save_propagation(result.frame, result.folder / FIGURE)
+    if result.spectrum is not None:
+        from propbench.plots import save_spectrum
+
+        write_spectrum(result.folder, result.spectrum)
+        save_spectrum(result.spectrum, result.folder / SPECTRUM_FIGURE, result.singular_values)
     write_summary(result.folder, result.summary)

@@ -12,7 +12,10 @@ sweep folder:
 - ``sweep_summary.csv``: one row per job: status, error, overrides, the two
   ``log10_ratio``s and verdicts;
 - ``summary.md``: the same as a table, and the experiment's claim check if there is one;
-- ``grid_depth<D>.png`` and ``heatmap_depth<D>.png`` per depth.
+- ``grid_depth<D>.png`` and ``heatmap_depth<D>.png`` per depth;
+- with ``spectrum=true`` jobs: ``spectrum.csv`` (their spectrum.csv stacked, with ``job``
+  and the override columns), ``spectrum.png`` (the spread against depth, a line per job),
+  and the spread, its theory and the spectrum verdict in the table.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 
 from propbench.errors import ConfigError, ResultsError, first_line
-from propbench.results import ERROR, MANIFEST, SUMMARY, atomic_write
+from propbench.results import ERROR, MANIFEST, SPECTRUM, SUMMARY, atomic_write
 from propbench.verdict import SIGNALS
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
+SPECTRUM_COLUMNS = {"spectrum_spread": math.nan, "spectrum_theory_spread": math.nan,
+                    "spectrum_verdict": ""}
 
 
 def plan_jobs(params: dict[str, Any], overrides: list[str]) -> list[list[str]]:
@@ -101,6 +106,7 @@ class SweepReport:
     table: Any  # pandas DataFrame, one row per job
     frame: Any  # pandas DataFrame, the ok jobs' stats stacked
     claim: Optional[dict[str, Any]] = None
+    spectrum: Any = None  # pandas DataFrame, the spectrum=true jobs' spectrum.csv stacked
     figures: list[Path] = field(default_factory=list)
 
     @property
@@ -125,7 +131,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     """Aggregate a finished, failed or interrupted sweep folder (see the module doc)."""
     import pandas as pd
 
-    from propbench.results import load, read_summary
+    from propbench.results import SPECTRUM, load, load_spectrum, read_summary
 
     folder = Path(sweep_dir)
     if not folder.is_dir():
@@ -134,7 +140,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     if not jobs:
         raise ResultsError(f"{folder}: not a propbench sweep (no {MANIFEST} and no job folders)")
     keys = list(dict.fromkeys(_key(o) for overrides in jobs.values() for o in overrides))
-    rows, frames = [], []
+    rows, frames, spectra = [], [], []
     for job, overrides in sorted(jobs.items()):
         status, error = job_status(folder / str(job))
         row = {"job": job, "status": status, "error": error, "overrides": " ".join(overrides)}
@@ -158,14 +164,29 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                 if key not in stats.columns:
                     stats[key] = row.get(key, "")
             frames.append(stats)
+            spectrum = summary.get("spectrum")
+            if spectrum and (folder / str(job) / SPECTRUM).exists():
+                row["spectrum_spread"] = spectrum["spread"]
+                row["spectrum_theory_spread"] = spectrum["theory"].get("spread", math.nan)
+                row["spectrum_verdict"] = spectrum["verdict"]
+                values = load_spectrum(folder / str(job))
+                values.insert(0, "job", job)
+                for key in keys:
+                    if key not in values.columns:
+                        values[key] = row.get(key, "")
+                spectra.append(values)
         rows.append(row)
     table = pd.DataFrame(rows)
     for quantity in SIGNALS:
         for column, fill in ((f"{quantity}_log10_ratio", math.nan), (f"{quantity}_verdict", "")):
             if column not in table.columns:
                 table[column] = fill
+    if spectra:
+        for column, fill in SPECTRUM_COLUMNS.items():
+            table[column] = table[column].fillna(fill) if column in table.columns else fill
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    report = SweepReport(folder, table, frame, claim=check_claim(folder, table))
+    report = SweepReport(folder, table, frame, claim=check_claim(folder, table),
+                         spectrum=pd.concat(spectra, ignore_index=True) if spectra else None)
     _write(report, keys, figures)
     return report
 
@@ -217,7 +238,8 @@ def check_claim(folder: Path, table: Any) -> Optional[dict[str, Any]]:
         match = table
         for key, value in where.items():
             match = match[match[key].astype(str) == value] if key in match else match.iloc[0:0]
-        got = match[f"{expect['quantity']}_verdict"].tolist()
+        column = f"{expect['quantity']}_verdict"
+        got = [v for v in match[column].tolist() if v] if column in match else []
         checks.append({
             "where": where, "quantity": expect["quantity"], "expected": expect["verdict"],
             "got": got, "held": None if not got else all(v in expect["verdict"] for v in got),
@@ -240,13 +262,19 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
     """summary.md: the per-job table, then failures and the claim check."""
     table = report.table
     shown = [k for k in keys if table[k].nunique() > 1] or keys
-    header = ["job", *shown, "activation", "gradient", "status"]
+    with_spectrum = "spectrum_verdict" in table.columns
+    header = ["job", *shown, "activation", "gradient",
+              *(["spectrum: var/mean\u00b2 of s\u00b2 (theory)"] if with_spectrum else []), "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["job"]), *(str(row[k]) for k in shown)]
         for quantity in SIGNALS:
             verdict, ratio = row[f"{quantity}_verdict"], row[f"{quantity}_log10_ratio"]
             cells.append(f"{verdict} ({_format_ratio(ratio)})" if verdict else "")
+        if with_spectrum:
+            verdict = row["spectrum_verdict"]
+            cells.append(f"{verdict} ({row['spectrum_spread']:.3g} ({row['spectrum_theory_spread']:.3g}))"
+                         if isinstance(verdict, str) and verdict else "")
         cells.append(row["status"] + (f": {row['error']}" if row["error"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     counts = table["status"].value_counts().to_dict()
@@ -273,11 +301,16 @@ def _write(report: SweepReport, keys: list[str], figures: bool) -> None:
     atomic_write(folder / SWEEP_SUMMARY, lambda tmp: report.table.to_csv(tmp, index=False))
     text = markdown(report, keys)
     atomic_write(folder / SWEEP_MD, lambda tmp: tmp.write_text(text))
+    if report.spectrum is not None:
+        atomic_write(folder / SPECTRUM,
+                     lambda tmp: report.spectrum.to_csv(tmp, index=False, float_format="%.9g"))
     if figures and len(report.frame):
-        from propbench.plots import save_sweep_figures
+        from propbench.plots import save_sweep_figures, save_sweep_spectrum
 
         swept = [k for k in keys if report.table[k].astype(str).nunique() > 1]
         report.figures = save_sweep_figures(report.frame, report.table, folder, swept)
+        if report.spectrum is not None:
+            report.figures.append(save_sweep_spectrum(report.spectrum, folder, swept))
 
 
 def progress(sweep_dir: Path) -> tuple[int, int]:

@@ -432,3 +432,79 @@ def auto_gain(act: str, slope: Optional[float] = None) -> float:
     ReLU, sqrt(2/(1+a^2)) for PReLU, 1 for SELU (LeCun), and numbers calculate_gain has no
     entry for (tanh, GELU, SiLU, ...)."""
     return 1.0 / math.sqrt(moments(act, 1.0, slope)[1])
+
+
+# --- the spectrum of the input-output Jacobian ----------------------------------------------
+
+# s1, the first coefficient of the S-transform of W W^T / sigma_w2 (its normalized variance,
+# negated): Marchenko-Pastur for i.i.d. entries, a point mass for orthogonal matrices
+S1 = {"gaussian": -1.0, "orthogonal": 0.0}
+
+
+@dataclass
+class SpectrumMoments:
+    """Per-layer moments of lambda = s^2 over the singular values s of the Jacobian of the
+    post-activation of layer l (index l-1) with respect to the input."""
+
+    mean: np.ndarray  # mean of lambda: prod_{k<=l} sigma_w2 mu1(q_k)
+    var: np.ndarray  # variance of lambda: mean^2 * spread
+    spread: np.ndarray  # var / mean^2 = sum_{k<=l} (mu2(q_k) / mu1(q_k)^2 - 1 - s1)
+    mu1: np.ndarray  # E[phi'(h)^2], h ~ N(0, q_l)
+    mu2: np.ndarray  # E[phi'(h)^4]
+    q: np.ndarray  # the pre-activation variance of the q-map
+
+
+def spectrum_moments(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Sequence[float],
+                     depth: int, weights: str = "gaussian", slope: Optional[float] = None,
+                     input_second_moment: float = 1.0) -> SpectrumMoments:
+    """The mean and variance of lambda, the squared singular values of the input-output
+    Jacobian J_l = D_l W_l ... D_1 W_1 (D_k = diag phi'(h_k)), of square layers at infinite
+    width (Pennington, Schoenholz & Ganguli 2017, "Resurrecting the sigmoid in deep learning
+    through dynamical isometry", eqs. 12-16).
+
+    The W_k and D_k are asymptotically free, so the S-transform of J_l J_l^T is the product
+    of theirs. To first order in z, S_A(z) = (1 + s_A z) / m1_A with m1_A the mean and
+    s_A = 1 - m2_A / m1_A^2 minus the normalized variance of A's spectrum; for
+    W_k W_k^T, m1 = sigma_w2 and s = s1 (-1 for i.i.d. Gaussian or uniform entries,
+    Marchenko-Pastur; 0 for orthogonal weights, ``weights``); for D_k^2, m1 = mu1(q_k) =
+    E[phi'(h)^2] and m2 = mu2(q_k) = E[phi'(h)^4], h ~ N(0, q_k). Multiplying:
+
+        mean(lambda) = prod_k sigma_w2_k mu1(q_k),
+        var(lambda) / mean(lambda)^2 = sum_k (mu2(q_k) / mu1(q_k)^2 - 1 - s1),
+
+    which at the fixed point q* is the paper's L (mu2/mu1^2 - 1 - s1): at criticality a ReLU
+    net spreads like 2L with Gaussian and L with orthogonal weights, a linear net like L and
+    0; only orthogonal weights with phi' nearly constant at q* (tanh at small q*) keep the
+    spread small. Here q_k follows the q-map from the input (``input_second_moment``), so
+    layers before the fixed point are counted with their own mu's. Finite width bends the
+    measured spread once depth / width is no longer small.
+
+    >>> m = spectrum_moments("relu", 2.0, 0.0, 8, "orthogonal")
+    >>> float(m.mean[-1]), float(m.spread[-1])
+    (1.0, 8.0)
+    """
+    s1 = choose_weights(weights)
+    w2, b2 = _per_layer(sigma_w2, depth), _per_layer(sigma_b2, depth)
+    q = predict(act, w2, b2, depth, slope, input_second_moment).q
+    p = phi(act, slope)
+    mu1, mu2 = np.empty(depth), np.empty(depth)
+    for layer in range(depth):
+        std = math.sqrt(q[layer]) if math.isfinite(q[layer]) else math.inf
+        if not math.isfinite(std):
+            mu1[layer:] = mu2[layer:] = math.nan
+            break
+        mu1[layer] = gauss(lambda x: p.df(x) ** 2, 0.0, std, p.kinks)
+        mu2[layer] = gauss(lambda x: p.df(x) ** 4, 0.0, std, p.kinks)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mean = np.cumprod(w2 * mu1)
+        # mu2 >= mu1^2 (Jensen): clip the quadrature's round-off below 0
+        spread = np.cumsum(np.maximum(mu2 / mu1**2 - 1.0, 0.0) - s1)
+        var = mean**2 * spread
+    return SpectrumMoments(mean, var, spread, mu1, mu2, q)
+
+
+def choose_weights(weights: str) -> float:
+    """s1 of a weight law: ``gaussian`` (any i.i.d. law) or ``orthogonal``."""
+    if weights not in S1:
+        raise ValueError(f"weights={weights}: choose one of {', '.join(S1)}")
+    return S1[weights]

@@ -210,3 +210,11 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
     else:
         detail = f"{what} = 10^{result['log10_ratio']:+.2f}"
     return f"{quantity + ':':<11} {result['verdict']:<9} ({detail})"
+
+
+def describe_spectrum(block: dict[str, Any]) -> str:
+    """'spectrum:   spreading (var/mean^2 of s^2 = 36.4 at layer 16; theory 32.0)'."""
+    theory = block.get("theory", {})
+    expected = f"; theory {theory['spread']:.3g}" if theory.get("applies") else ""
+    return (f"spectrum:   {block['verdict']:<9} (var/mean\u00b2 of s\u00b2 = {block['spread']:.3g} at "
+            f"layer {block['last_layer']}{expected}; {', '.join(block['method'])})")

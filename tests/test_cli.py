@@ -91,6 +91,25 @@ BAD = [
      "model._target_=torch.nn.Linear: building it failed: TypeError:"),
     (["model=custom", "model._target_=torch.nn.Linear", "model.in_features=4",
       "model.out_features=4", "model.device=meta", "input.shape=[4]"], "the model is on the meta device"),
+    # the Jacobian spectrum and the dynamical-isometry inits
+    (["spectrum=true", "spectrum.examples=0"], "spectrum.examples=0: must be >= 1"),
+    (["spectrum=true", "batch_size=4", "spectrum.examples=8"], "spectrum.examples=8: at most batch_size=4"),
+    (["spectrum=true", "depth=4", "spectrum.layers=[1,9]"], "spectrum.layers: 9 is not a block (1..depth=4)"),
+    (["spectrum.layers=[0]"], "spectrum.layers: 0 is not a block"),
+    (["spectrum=true", "model.norm=batchnorm"], "spectrum=true: BatchNorm mixes the examples"),
+    (["spectrum.method=svd"], "spectrum.method=svd: Invalid value 'svd', expected one of [auto, exact, estimate]"),
+    (["spectrum=maybe"], "spectrum=maybe: Invalid type assigned"),
+    (["spectrum.exampls=3"], "spectrum.exampls: unknown key; did you mean spectrum.examples?"),
+    (["-m", "spectrum=true,false", "spectrum.examples=0"], "spectrum.examples=0: must be >= 1"),
+    (["spectrum=true", "spectrum.method=exact", "model=cnn", "model.image_size=512", "width=64"],
+     "spectrum.method=exact: the Jacobians need about"),
+    (["model=cnn", "width=2", "init=delta_orthogonal"],
+     "init=delta_orthogonal: width=2 < model.in_channels=3; an orthogonal centre tap needs out_channels >= in_channels"),
+    (["init=lsuv", "init.tol=0"], "init.tol=0.0: must be a finite number > 0"),
+    (["init=lsuv", "init.max_iter=0"], "init.max_iter=0: must be >= 1"),
+    (["init=lsuv", "init.gain=2"], "init.gain=2: init=lsuv takes only tol, max_iter, bias"),
+    (["model=custom", "model._target_=torch.nn.Linear", "model.in_features=4", "model.out_features=4",
+      "input.shape=[4]", "spectrum=true"], "spectrum=true: not from the CLI for model=custom"),
 ]
 
 
@@ -276,3 +295,54 @@ def test_custom_models_sweep_like_the_built_in_ones(tmp_path):
     assert proc.returncode == 0, proc.stderr
     depths = sorted(propbench.load(tmp_path / "sweep" / str(job)).depth.iloc[0] for job in range(2))
     assert depths == [2, 4]
+def test_spectrum_run_writes_spectrum_csv_with_theory(tmp_path):
+    """spectrum=true: spectrum.csv (one row per trial, example, layer) with the config
+    columns and the theory; a linear orthogonal net is an exact isometry (s = 1 throughout)."""
+    out = tmp_path / "run"
+    proc = cli("spectrum=true", "spectrum.examples=2", "act=linear", "init=orthogonal", "bias=false",
+               "depth=8", "width=32", "batch_size=8", "trials=2", "dtype=float64",
+               f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "spectrum:   isometric" in proc.stdout and "spectrum.csv, spectrum.png" in proc.stdout
+    spectrum = propbench.load_spectrum(out)
+    assert len(spectrum) == 2 * 2 * 4  # trials x examples x layers 1, 2, 4, 8
+    assert {"trial", "example", "layer", "mean_sq", "var_sq", "max_s", "min_s", "method", "theory",
+            "theory_mean_sq", "model", "act", "init", "depth", "width", "seed"} <= set(spectrum.columns)
+    assert (spectrum["max_s"] - 1).abs().max() < 1e-6 and (spectrum["min_s"] - 1).abs().max() < 1e-6
+    assert (spectrum["theory"] == 0).all() and (spectrum["theory_mean_sq"] == 1).all()
+    summary = json.loads((out / "summary.json").read_text())
+    block = summary["spectrum"]
+    assert block["verdict"] == "isometric" and block["spread"] < 1e-10
+    assert block["theory"]["applies"] and block["theory"]["spread"] == 0
+    assert (out / "spectrum.png").stat().st_size > 0
+
+
+def test_spectrum_false_runs_do_no_spectrum_work(tmp_path, monkeypatch):
+    from propbench import compare, spectrum, theory
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("spectrum work in a spectrum=false run")
+
+    monkeypatch.setattr(spectrum, "jacobian_spectrum", refuse)
+    monkeypatch.setattr(theory, "spectrum_moments", refuse)
+    monkeypatch.setattr(compare.theory, "spectrum_moments", refuse)
+    result = propbench.run(cfg(*TINY), tmp_path / "run")
+    assert result.spectrum is None and "spectrum" not in result.summary
+    assert not (tmp_path / "run" / "spectrum.csv").exists()
+    assert not (tmp_path / "run" / "spectrum.png").exists()
+
+
+def test_lsuv_leaves_unit_variance_on_the_clis_own_inputs(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("init=lsuv", "act=tanh", "depth=10", "width=64", "batch_size=64", "trials=2",
+               f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    frame = propbench.load(out)
+    pre = frame[(frame.site == "pre") & (frame.quantity == "activation")]
+    assert len(pre) == 20 and (pre["var"] - 1).abs().max() <= 0.1
+    lsuv = json.loads((out / "summary.json").read_text())["lsuv"]
+    assert lsuv["tol"] == 0.1 and lsuv["max_iter"] == 10 and lsuv["within_tol"]
+    for trial, record in enumerate(lsuv["trials"]):
+        measured = pre[pre.trial == trial].sort_values("layer")["var"].to_numpy()
+        assert record["variances"] == pytest.approx(list(measured), rel=1e-5)
+        assert len(record["iterations"]) == 10

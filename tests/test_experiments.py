@@ -18,6 +18,9 @@ REDUCED = {
     "activation_zoo": ["width=128", "batch_size=128", "trials=1"],
     "edge_of_chaos": ["width=128", "batch_size=64", "init.sigma_w2=1,1.75,2,3",
                       "init.sigma_b2=0.05,0.2"],
+    # depth 16 (the CNNs too), one example: the spread grows 0.05 a layer for tanh +
+    # orthogonal and 0.08 for the delta-orthogonal CNN between layers 8 and 16, >= 1 elsewhere
+    "dynamical_isometry": ["depth=16", "spectrum.examples=1"],
 }
 
 

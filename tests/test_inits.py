@@ -1,6 +1,8 @@
 """Each scheme draws what its formula says, and the same numbers as torch's own functions."""
 
 import math
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -107,3 +109,87 @@ def test_orthogonal_is_orthogonal_with_gain():
 def test_variance_scaling_fan_avg():
     w = variance_scaling_(torch.empty(256, 1024), scale=1.0, mode="fan_avg")
     assert w.var().item() == pytest.approx(2 / (256 + 1024), rel=0.02)
+
+
+# --- delta-orthogonal, orthogonal convolutions, LSUV ---------------------------------------
+
+def test_delta_orthogonal_is_orthogonal_at_the_centre_and_zero_elsewhere():
+    conv = nn.Conv2d(8, 16, 5)
+    torch.manual_seed(0)
+    init_model(conv, init_cfg("delta_orthogonal", gain=2.0), "tanh")
+    w = conv.weight.detach()
+    centre = w[:, :, 2, 2]
+    assert torch.allclose(centre.T @ centre, 4 * torch.eye(8), atol=1e-5)  # orthonormal columns
+    off = w.clone()
+    off[:, :, 2, 2] = 0
+    assert torch.count_nonzero(off) == 0
+    # fan_in * Var(W) over the whole kernel is gain^2 fan_in / max(fan_in, fan_out), as orthogonal
+    fan_in, fan_out = 8 * 25, 16 * 25
+    assert float(w.pow(2).mean()) * fan_in == pytest.approx(4 * fan_in / max(fan_in, fan_out), rel=1e-5)
+    square = nn.Conv2d(16, 16, 3)
+    init_model(square, init_cfg("delta_orthogonal"), "tanh")
+    c = square.weight.detach()[:, :, 1, 1]
+    assert torch.allclose(c @ c.T, torch.eye(16), atol=1e-5)  # square: orthogonal both ways
+
+
+def test_delta_orthogonal_refuses_fewer_outputs_than_inputs():
+    from propbench.errors import ConfigError
+    from propbench.inits import delta_orthogonal_
+
+    with pytest.raises(ConfigError, match="4 output channels < 8 input channels"):
+        delta_orthogonal_(torch.empty(4, 8, 3, 3))
+    linear = nn.Linear(8, 4)  # a Linear layer (the CNN head) gets plain orthogonal rows
+    init_model(linear, init_cfg("delta_orthogonal"), "tanh")
+    assert torch.allclose(linear.weight @ linear.weight.T, torch.eye(4), atol=1e-5)
+
+
+def test_orthogonal_conv_is_orthogonal_flattened_as_torch_does():
+    conv = nn.Conv2d(32, 16, 3)  # out 16 <= in * k^2 = 288: orthonormal rows
+    torch.manual_seed(2)
+    init_model(conv, init_cfg("orthogonal"), "relu")
+    flat = conv.weight.detach().reshape(16, -1)
+    assert torch.allclose(flat @ flat.T, torch.eye(16), atol=1e-5)
+    torch.manual_seed(2)
+    reference = nn.init.orthogonal_(torch.empty(16, 32, 3, 3))
+    assert torch.equal(conv.weight.detach(), reference)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_lsuv_reaches_unit_variance_per_layer(act):
+    """Mishkin & Matas 2016: every Linear output has variance within tol of 1 on the inputs
+    it was calibrated on, in forward order; with zero biases one rescaling is exact."""
+    import propbench
+    from propbench.models import draw_inputs
+    from propbench.probes import probe
+    from tests.conftest import cfg
+
+    s = propbench.settings(cfg(f"act={act}", "init=lsuv", "depth=12", "width=128", "batch_size=128"))
+    model = propbench.build_model(s, seed=5, input_seed=9)
+    record = model.calibration
+    assert len(record["variances"]) == 12
+    assert all(abs(v - 1) <= 0.1 for v in record["variances"])
+    assert all(0 <= i <= 10 for i in record["iterations"]) and sum(record["iterations"]) > 0
+    frame = probe(model, draw_inputs(s, model.input_shape, 9))  # the same inputs
+    pre = frame[(frame.site == "pre") & (frame.quantity == "activation")]["var"].to_numpy()
+    np.testing.assert_allclose(pre, record["variances"], rtol=1e-5)
+    assert np.abs(pre - 1).max() <= 0.1
+    rescaled = np.array(record["iterations"]) > 0  # zero biases: exact after one rescaling
+    assert np.abs(pre[rescaled] - 1).max() < 1e-4
+
+
+def test_lsuv_iterates_with_a_bias_and_stops_at_max_iter():
+    from propbench.inits import lsuv_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64))
+    with torch.no_grad():
+        for layer in (net[0], net[2]):
+            layer.bias.normal_(0, 0.5)  # Var(s Wx + b) != s^2 Var(Wx): more than one step
+    x = torch.randn(256, 64)
+    strict = lsuv_(net, x, tol=1e-6, max_iter=50)
+    assert all(abs(v - 1) <= 1e-6 for v in strict["variances"])
+    assert max(strict["iterations"]) > 1
+    with torch.no_grad():
+        net[0].weight.mul_(100.0)
+    capped = lsuv_(net, x, tol=1e-12, max_iter=1)
+    assert capped["iterations"] == [1, 1]
