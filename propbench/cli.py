@@ -83,17 +83,20 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
     if not (set(argv) & set(_MULTIRUN_FLAGS) or base.hydra.mode == RunMode.MULTIRUN):
         if sweeps:
             raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m")
+        ready = {frozenset(task): setup(base)}
         _check_folder(base, "run")
-        return {frozenset(task): setup(base)}
-    _check_folder(base, "sweep")
+        return ready
     params = base.hydra.sweeper.get("params") or {}
     try:
         jobs = plan_jobs({k: str(v) for k, v in params.items()}, task)
     except ConfigError:
+        _check_folder(base, "sweep")
         return None
     first_job = frozenset(line for line, o in zip(first, parsed) if not o.is_hydra_override())
-    return {frozenset(job): settings(base if frozenset(job) == first_job else compose(job))
-            for job in jobs}
+    ready = {frozenset(job): settings(base if frozenset(job) == first_job else compose(job))
+             for job in jobs}
+    _check_folder(base, "sweep")
+    return ready
 
 
 def _parse(overrides: list[str]) -> list[Any]:
@@ -128,7 +131,9 @@ def _check_folder(base: Any, mode: str) -> None:
     write, that no other propbench process is writing into."""
     from propbench.results import folder_in_use
 
-    raw = str(base.hydra[mode].get("dir", "") or "").strip()
+    from omegaconf import OmegaConf
+
+    raw = str(OmegaConf.to_container(base.hydra[mode], resolve=False).get("dir") or "").strip()
     key = f"hydra.{mode}.dir"
     if not raw:
         raise ConfigError(f"{key}=: empty; give a folder (the default is under results/)")

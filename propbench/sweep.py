@@ -355,14 +355,12 @@ def progress(sweep_dir: Path) -> tuple[int, int, str]:
 LAST_SWEEP_DIR: Optional[Path] = None
 LAST_REPORT: Optional[SweepReport] = None
 LAST_ERROR: Optional[str] = None
+_LOCK = contextlib.ExitStack()  # the sweep folder's lock (not on the callback: launchers pickle it)
 
 
 class SweepCallback(Callback):
     """Locks the sweep folder and writes the manifest when a multirun starts; aggregates
     and releases the folder when it ends."""
-
-    def __init__(self) -> None:
-        self.lock = contextlib.ExitStack()
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
@@ -370,7 +368,7 @@ class SweepCallback(Callback):
         global LAST_SWEEP_DIR
         folder = Path(config.hydra.sweep.dir)
         try:
-            self.lock.enter_context(folder_lock(folder, "sweep"))
+            _LOCK.enter_context(folder_lock(folder, "sweep"))
         except ResultsError as err:  # Hydra would turn an exception into a warning
             print(f"propbench: error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -397,6 +395,6 @@ class SweepCallback(Callback):
                           f"the jobs' folders are kept: python -m propbench.report {folder}")
             return
         finally:
-            self.lock.close()
+            _LOCK.close()
         log.info(f"\nSweep {LAST_REPORT.folder}:\n")
         log.info((LAST_REPORT.folder / SWEEP_MD).read_text())
