@@ -55,13 +55,19 @@ class _Interrupt:
         if cls.seen:
             raise KeyboardInterrupt
 
+    @staticmethod
+    def unraisable(unraisable: Any) -> None:
+        """An interrupt that landed in a finalizer: no "Exception ignored" report, the flag
+        stops the sweep at the next job."""
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            sys.__unraisablehook__(unraisable)
+
 
 def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
     """Compose and validate what ``argv`` asks for: each job's overrides (as Hydra will
     record them) -> its validated config (a single run: its :class:`propbench.runner.Setup`).
     None for a sweep only Hydra's sweeper can enumerate (glob, interval): its jobs validate
     themselves. Raises ConfigError with one line."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
@@ -75,7 +81,7 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
         first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
                  if o.is_sweep_override() else o.input_line for o in parsed]
     except HydraException:  # a glob or an interval: only Hydra's sweeper lists its values
-        _check_intervals(parsed, overrides)
+        _check_intervals(parsed)
         return None
     base = compose(first, return_hydra_config=True)
     sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
@@ -117,11 +123,15 @@ def _parse(overrides: list[str]) -> list[Any]:
     return parser.parse_overrides(overrides)
 
 
-def _check_intervals(parsed: list[Any], overrides: list[str]) -> None:
-    """An interval has no list of values: only an optimizing sweeper (Optuna, ...) samples it."""
-    sweeper = next((o.input_line for o in parsed if o.get_key_element() == "hydra/sweeper"), "")
+def _check_intervals(parsed: list[Any]) -> None:
+    """An interval has no list of values: only an optimizing sweeper (Optuna, ...) samples
+    it, not Hydra's basic one."""
+    from propbench.config import compose
+
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    sweeper = str(compose(plain, return_hydra_config=True).hydra.sweeper.get("_target_", ""))
     for o in parsed:
-        if o.is_interval_sweep() and not sweeper:
+        if o.is_interval_sweep() and sweeper.endswith(".BasicSweeper"):
             raise ConfigError(f"{o.input_line}: an interval needs an optimizing sweeper "
                               "(hydra/sweeper=optuna ...); list the values instead, e.g. depth=1,2,5")
 
@@ -129,9 +139,9 @@ def _check_intervals(parsed: list[Any], overrides: list[str]) -> None:
 def _check_folder(base: Any, mode: str) -> None:
     """``hydra.run.dir`` (or ``sweep.dir``) must name a folder propbench can create and
     write, that no other propbench process is writing into."""
-    from propbench.results import folder_in_use
-
     from omegaconf import OmegaConf
+
+    from propbench.results import folder_in_use
 
     raw = str(OmegaConf.to_container(base.hydra[mode], resolve=False).get("dir") or "").strip()
     key = f"hydra.{mode}.dir"
@@ -281,6 +291,7 @@ def _interrupted() -> None:
 def main() -> None:
     """Console entry point (``propbench`` and ``python -m propbench``)."""
     signal.signal(signal.SIGINT, _Interrupt.handler)
+    sys.unraisablehook = _Interrupt.unraisable
     try:
         _main(sys.argv[1:])
     except KeyboardInterrupt:

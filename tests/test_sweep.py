@@ -282,8 +282,9 @@ def test_ctrl_c_at_every_point_again_and_again(tmp_path, point, repeat):
 def test_a_failed_aggregation_is_a_failure(tmp_path):
     sweep = tmp_path / "s"
     (sweep / "sweep.csv").mkdir(parents=True)  # where the table goes: not writable as a file
-    proc = cli("-m", "depth=2,3", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = cli("-m", "depth=2,3", *TINY, f"hydra.sweep.dir={sweep}", "quiet=true", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # quiet: no Hydra lines, no job lines; the error still shows
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"propbench: error: sweep {sweep}: not aggregated (IsADirectoryError")
     assert last.endswith(f"the jobs' folders are kept: python -m propbench.report {sweep}")
@@ -328,6 +329,16 @@ def test_two_sweeps_into_one_folder(tmp_path):
     assert report(sweep, "--no-figures").returncode == 0
 
 
+def report_here(folder, capsys):
+    """``python -m propbench.report FOLDER --no-figures`` in this process: (status, out, err)."""
+    from propbench.report import main
+
+    capsys.readouterr()
+    status = main([str(folder), "--no-figures"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
 def _break(folder, job, name, content):
     path = folder / str(job) / name
     if content is None:  # a folder in its place
@@ -348,30 +359,28 @@ CORRUPT_JOB = [  # (what is broken, how), each one job of a finished sweep: that
 
 @pytest.mark.parametrize("name, content, message", CORRUPT_JOB,
                          ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(CORRUPT_JOB)])
-def test_report_names_a_corrupt_job(basic_sweep, tmp_path, name, content, message):
+def test_report_names_a_corrupt_job(basic_sweep, tmp_path, capsys, name, content, message):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(basic_sweep[0], copy)
     _break(copy, 3, name, content)
-    proc = report(copy, "--no-figures")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert [l for l in proc.stderr.splitlines()] == [
-        f"corrupt: job 3 ({pd.read_csv(copy / 'sweep_summary.csv').loc[3, 'overrides']}): "
-        + pd.read_csv(copy / "sweep_summary.csv").loc[3, "error"]]
-    assert message in proc.stderr
+    status, _, err = report_here(copy, capsys)
+    table = pd.read_csv(copy / "sweep_summary.csv")
+    assert status == 1 and list(table["status"]) == ["ok"] * 3 + ["corrupt"] + ["ok"] * 4
+    assert err.splitlines() == [f"corrupt: job 3 ({table.loc[3, 'overrides']}): {table.loc[3, 'error']}"]
+    assert message in err
 
 
-def test_report_names_an_error_json_that_is_not_json(basic_sweep, tmp_path):
+def test_report_names_an_error_json_that_is_not_json(basic_sweep, tmp_path, capsys):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(basic_sweep[0], copy)
     (copy / "2" / "summary.json").unlink()
     (copy / "2" / "error.json").write_text("{oops")
-    proc = report(copy, "--no-figures")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "corrupt: job 2" in proc.stderr and "error.json: corrupt (not JSON" in proc.stderr
+    status, _, err = report_here(copy, capsys)
+    assert status == 1 and "corrupt: job 2" in err and "error.json: corrupt (not JSON" in err
 
 
 @pytest.mark.parametrize("manifest, message", [
@@ -382,13 +391,13 @@ def test_report_names_an_error_json_that_is_not_json(basic_sweep, tmp_path):
     ('{"jobs": [{"job": 0}]}', "jobs.json: corrupt (an entry needs a job number and a list of overrides"),
     ('{"jobs": [{"job": "0", "overrides": ["depth=2"]}]}', "an entry needs a job number"),
 ], ids=["not-json", "empty", "list", "jobs-not-list", "no-overrides", "string-job"])
-def test_report_refuses_a_corrupt_manifest_in_one_line(basic_sweep, tmp_path, manifest, message):
+def test_report_refuses_a_corrupt_manifest_in_one_line(basic_sweep, tmp_path, capsys, manifest, message):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(basic_sweep[0], copy)
     (copy / "jobs.json").write_text(manifest)
-    proc = report(copy, "--no-figures")
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
+    status, _, err = report_here(copy, capsys)
+    assert status == 2
+    (line,) = err.strip().splitlines()
     assert line.startswith("propbench.report: error: ") and message in line
