@@ -60,6 +60,11 @@ class ModelConfig:
         """Elements of one input example (the columns of its Jacobian)."""
         return width
 
+    def edges(self, width: int, batch_size: int) -> int:
+        """Elements of what does not repeat with depth (input, first and last layers), for
+        the memory estimate; the MLP's are a block's."""
+        return 0
+
     def theory_gap(self) -> Optional[str]:
         """Why the mean-field recursion does not describe this model, or None."""
         if self.norm == Norm.batchnorm:
@@ -103,6 +108,13 @@ class CNNConfig(ModelConfig):
 
     def input_size(self, width: int) -> int:
         return self.in_channels * self.image_size**2
+
+    def edges(self, width: int, batch_size: int) -> int:
+        # the input and the first conv scale with in_channels, the head with num_classes
+        inputs = batch_size * self.in_channels * self.image_size**2
+        first = width * self.in_channels * self.kernel_size**2
+        head = (width + batch_size) * self.num_classes
+        return 2 * inputs + first + head
 
     def theory_gap(self) -> Optional[str]:
         if self.stage_every > 0 and self.pool != Pool.none:
@@ -290,6 +302,7 @@ class PropbenchConfig:
     input: InputConfig = field(default_factory=InputConfig)  # model=custom only
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # model=custom only
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)  # Jacobian singular values
+    quiet: bool = False  # only warnings and errors on the console (propbench.logs)
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:
@@ -349,6 +362,12 @@ def validate(s: PropbenchConfig) -> None:
             raise ConfigError(f"correlation={c0}: must be between -1 and 1 (or null)")
         if s.batch_size % 2:
             raise ConfigError(f"batch_size={s.batch_size}: correlation needs pairs, so an even batch")
+    if s.model.norm == Norm.batchnorm and s.batch_size < 2:
+        raise ConfigError(f"batch_size={s.batch_size}: model.norm=batchnorm needs batch_size >= 2 "
+                          "(BatchNorm of one sample is 0)")
+    if s.batch_size * s.width * s.model.footprint()[1] == 1:
+        raise ConfigError(f"width={s.width}, batch_size={s.batch_size}: every tensor would hold "
+                          "one element, which has no variance; raise one of them")
     if not _DEVICE.match(str(s.device)):
         raise ConfigError(f"device={s.device}: choose auto, cpu, cuda or cuda:N")
     for group in GROUPS:
@@ -411,7 +430,11 @@ def _schema() -> Any:
 def register_configs() -> None:
     """Store the base config and every option of every group in Hydra's ConfigStore."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    from propbench.logs import console_level
+
+    OmegaConf.register_new_resolver("propbench_console_level", console_level, replace=True)
     cs = ConfigStore.instance()
     from omegaconf import OmegaConf
 
@@ -492,7 +515,10 @@ def settings(cfg: Any) -> PropbenchConfig:
     try:
         s = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:  # an interpolation that does not resolve
-        raise ConfigError(first_line(err)) from None
+        key = getattr(err, "full_key", "")
+        value = OmegaConf.to_container(cfg, resolve=False).get(key, "") if key and "." not in key else ""
+        where = f"{key}={value}: " if value else f"{key}: " if key else ""
+        raise ConfigError(where + first_line(err)) from None
     if factory_kwargs:
         s.model.kwargs = {**s.model.kwargs, **factory_kwargs}
     return s
@@ -506,7 +532,7 @@ def _refuse_unknown_keys(cfg: Any) -> dict[str, Any]:
     top = {f.name for f in fields(PropbenchConfig)}
     for key in cfg:
         if key not in top:
-            raise ConfigError(f"{key}: unknown key{_suggest(str(key))}")
+            raise ConfigError(f"+{key}: unknown key, which propbench would ignore{_suggest(str(key))}")
     for group in [*GROUPS, "input", "probe"]:
         schema = OmegaConf.get_type(cfg[group])
         own = {f.name for f in fields(schema)}
@@ -560,9 +586,15 @@ def explain(err: BaseException, overrides: list[str]) -> str:
         return first_line(err)
     override = _culprit(err, overrides)
     cause = err.__cause__ or err
+    text = str(err)
+    if "No match in the defaults list" in text and override and not override.startswith("+"):
+        return f"{override}: {override.split('=', 1)[0]} is not in the defaults list; add it with +{override}"
     key = getattr(cause, "full_key", None) or override.split("=", 1)[0].lstrip("+~")
     value = override.split("=", 1)[1] if "=" in override else ""
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        deleted = next((o for o in overrides if o.startswith("~") and o[1:].split("=", 1)[0] == key), "")
+        if deleted:
+            return f"{override or key}: {key} was deleted by {deleted}; give one of the two"
         group, option = key.partition(".")[0], getattr(cause, "object_type", None)
         names = [n for n, o in GROUPS.get(group, (None, {}))[1].items() if o is option]
         if len(names) == 1:  # a key another option of the group has

@@ -62,7 +62,8 @@ def trial_bytes(s: Any) -> int:
     weights = s.depth * (s.width * s.width * weight_factor + 3 * s.width)
     saved = ACTIVATIONS[s.act.name].saved_per_block + (2 if s.model.norm == Norm.batchnorm else 0)
     activation = s.batch_size * s.width * pixels
-    return _ITEMSIZE[s.dtype] * (weights + s.depth * saved * activation + 4 * activation)
+    edges = s.model.edges(s.width, s.batch_size)
+    return _ITEMSIZE[s.dtype] * (weights + s.depth * saved * activation + 4 * activation + edges)
 
 
 def exact_bytes(n: int, sizes: Any, itemsize: int) -> int:
@@ -113,6 +114,8 @@ def check_memory(s: Any, device: Any, trials: int = 1) -> None:
                 "(the estimate where they do not fit) or fewer spectrum.layers")
     if need > 0.9 * have:
         lower = "trial_batch, depth, width or batch_size" if trials > 1 else "depth, width or batch_size"
+        if trials * _ITEMSIZE[s.dtype] * s.model.edges(s.width, s.batch_size) > need / 2:
+            lower = "model.in_channels, model.num_classes or batch_size"  # the CNN's input, head
         raise ConfigError(
             f"depth={s.depth}, width={s.width}, batch_size={s.batch_size}"
             f"{f', {trials} trials at once' if trials > 1 else ''}: needs about "

@@ -29,6 +29,10 @@ class ResultsError(PropbenchError, ValueError):
     """A results folder or file is missing, incomplete or malformed."""
 
 
+class WriteError(PropbenchError, OSError):
+    """A run could not be written (a full disk, a folder made read-only meanwhile)."""
+
+
 def choose(registry: Mapping[str, T], key: str, what: str) -> T:
     """``registry[key]``, or a ConfigError: '<what>=<key>: unknown; choose one of ...'."""
     try:

@@ -1,18 +1,26 @@
 """A run folder on disk: written atomically, read back only from CSV and JSON.
 
 A run folder holds ``stats.csv`` (the frame), ``propagation.png`` and ``summary.json``.
-Each file is written to a temporary name and renamed into place, and ``summary.json``
-(with ``"complete": true``) comes last, so a folder with a summary is a finished run and
-one without it is not. Nothing is unpickled and nothing in a folder is executed.
+One attempt at a run writes them all, holding the folder's lock (:func:`folder_lock`: a
+second process is refused): it first removes the previous attempt's summary (and error),
+then writes each file to a unique temporary name and renames it into place, and last the
+summary, with ``"complete": true``, the attempt's id and the SHA-256 of every file it wrote.
+So a folder is complete only when its summary says so and every file is the one that
+attempt wrote (:func:`check_run`, which :func:`load` applies); anything else is incomplete or
+corrupt. Nothing is unpickled and nothing in a folder is executed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -26,6 +34,8 @@ MANIFEST = "jobs.json"  # a sweep folder: every job's number and overrides
 SWEEP_CSV = "sweep.csv"
 SPECTRUM = "spectrum.csv"  # spectrum=true: one row per (trial, example, layer)
 SPECTRUM_FIGURE = "spectrum.png"
+LOCK = ".propbench.lock"  # held (flock) by the process writing into a run or sweep folder
+RESULT_FILES = [STATS, FIGURE, SPECTRUM, SPECTRUM_FIGURE]  # what an attempt writes before its summary
 
 # The frame's contract: columns and their types (config columns follow these).
 COLUMN_TYPES = {
@@ -41,13 +51,97 @@ CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size"
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` then rename tmp onto ``path`` (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Call ``write(tmp)`` then rename tmp onto ``path`` (atomic on POSIX). The temporary
+    name is unique (``.<name>.<random>.tmp``), so writers never share one."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
+    """Hold ``folder``'s lock (an flock on ``.propbench.lock``, released when the process
+    ends, however it ends) while writing into it; ResultsError, one line, if another
+    process holds it. Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ResultsError(f"{folder}: in use by another propbench {what} ({holder}); "
+                               "wait for it to end or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def folder_in_use(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s lock now (nothing is created)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        with open(folder / LOCK) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no lock file, or not a folder: nobody writes there
+        return False
+    return False
+
+
+def start_attempt(folder: Path) -> str:
+    """Remove what a previous attempt left in ``folder`` (its summary first, so the folder
+    is never complete with a mix of files) and return a new attempt's id."""
+    for name in (SUMMARY, ERROR, *RESULT_FILES):
+        (folder / name).unlink(missing_ok=True)
+    return uuid.uuid4().hex
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ResultsError (one line) for anything else."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing") from None
+    except IsADirectoryError:
+        raise ResultsError(f"{path}: corrupt (a folder, not a file)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: unreadable ({err})") from None
+    except ValueError as err:
+        raise ResultsError(f"{path}: corrupt (not JSON: {str(err).splitlines()[0]})") from None
+    except RecursionError:
+        raise ResultsError(f"{path}: corrupt (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: corrupt (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def _json_safe(value: Any) -> Any:
@@ -82,33 +176,55 @@ def load_spectrum(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(csv)
 
 
-def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
+def write_summary(folder: Path, summary: dict[str, Any], attempt: str = "") -> Path:
+    """The summary, last: ``"complete": true``, the attempt's id and the SHA-256 of each of
+    the attempt's files in ``folder``."""
     path = folder / SUMMARY
-    text = json.dumps(_json_safe({**summary, "complete": True}), indent=2)
+    files = {name: _sha256(folder / name) for name in RESULT_FILES if (folder / name).is_file()}
+    record = {**summary, "complete": True, "attempt": attempt or uuid.uuid4().hex, "files": files}
+    text = json.dumps(_json_safe(record), indent=2)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
 
 
 def write_error(folder: Path, err: BaseException, trace: str) -> Path:
-    """Record why a sweep job failed (its first line, type and traceback)."""
+    """Record why a sweep job failed (its first line, type and traceback), in place of
+    whatever this or an earlier attempt wrote."""
     path = folder / ERROR
     message = next((l for l in str(err).splitlines() if l.strip()), type(err).__name__)
-    text = json.dumps({"status": "failed", "error": message, "type": type(err).__name__,
-                       "traceback": trace}, indent=2)
     folder.mkdir(parents=True, exist_ok=True)
+    attempt = start_attempt(folder)
+    text = json.dumps({"status": "failed", "error": message, "type": type(err).__name__,
+                       "attempt": attempt, "traceback": trace}, indent=2)
     atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
+
+
+def check_run(folder: Path) -> dict[str, Any]:
+    """The summary of the complete run in ``folder``: ``"complete": true``, and each file
+    it lists holds the bytes its attempt wrote. ResultsError (one line) otherwise."""
+    summary = read_json(folder / SUMMARY)
+    if summary.get("complete") is not True:
+        raise ResultsError(f"{folder}: incomplete run ({SUMMARY} does not say complete); rerun it")
+    files = summary.get("files", {})  # absent from results written before attempts had ids
+    if not isinstance(files, dict):
+        raise ResultsError(f"{folder / SUMMARY}: corrupt (files is not an object)")
+    for name, digest in files.items():
+        path = folder / str(name)
+        if not path.is_file():
+            state = "not a file" if path.exists() else "missing"
+            raise ResultsError(f"{folder}: incomplete run ({name} {state}); rerun it")
+        if _sha256(path) != digest:
+            raise ResultsError(f"{path}: not the file of this run's attempt (changed since); rerun it")
+    return summary
 
 
 def completed_config(folder: Path) -> dict[str, Any] | None:
     """The config of the complete run in ``folder`` (None if there is none or it is broken)."""
     try:
-        summary = json.loads((folder / SUMMARY).read_text())
-    except (OSError, ValueError):
+        return check_run(folder).get("config")
+    except ResultsError:
         return None
-    if summary.get("complete") is not True or not (folder / STATS).exists():
-        return None
-    return summary.get("config")
 
 
 def _stats_path(path: Path) -> Path:
@@ -128,6 +244,7 @@ def _stats_path(path: Path) -> Path:
         raise ResultsError(f"{path}: not a propbench run folder (no {STATS})")
     if not (path / SUMMARY).exists():
         raise ResultsError(f"{path}: incomplete run ({STATS} without {SUMMARY}); rerun it")
+    check_run(path)
     return stats
 
 
@@ -143,7 +260,10 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(stats)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ResultsError(f"{stats}: not a readable CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in COLUMN_TYPES if c not in frame.columns]
+    except OSError as err:  # a folder named stats.csv, a permission
+        raise ResultsError(f"{stats}: unreadable ({err.strerror or err})") from None
+    required = [*COLUMN_TYPES, *(CONFIG_COLUMNS if Path(path).is_dir() else [])]  # a run's or sweep's
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ResultsError(f"{stats}: missing column(s) {', '.join(missing)}")
     for column in OPTIONAL_COLUMN_TYPES:
@@ -156,7 +276,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``summary.json`` of a run folder."""
+    """The ``summary.json`` of a complete run folder (:func:`check_run`)."""
     folder = Path(path)
     _stats_path(folder)
-    return json.loads((folder / SUMMARY).read_text())
+    return check_run(folder)

@@ -20,11 +20,13 @@ from propbench import __version__
 from propbench.compare import Theory
 from propbench.config import InputKind, PropbenchConfig, settings
 from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
-from propbench.errors import ProbeWarning, PropbenchError
+from propbench.errors import ProbeWarning, PropbenchError, WriteError
+from propbench.logs import Progress
 from propbench.models import DTYPES, build_model, draw_inputs  # noqa: F401 (draw_inputs: API)
 from propbench.probes import probe, probe_trials
-from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, completed_config, load,
-                               read_summary, write_spectrum, write_stats, write_summary)
+from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, completed_config,
+                               folder_lock, load, read_summary, start_attempt, write_spectrum,
+                               write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
@@ -76,13 +78,16 @@ def setup(cfg: Any) -> Setup:
     return Setup(s, device, at_once)
 
 
-def run(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
+def run(cfg: Any, out_dir: Optional[str | Path] = None, *, progress: bool = False) -> RunResult:
     """Probe the network ``cfg`` describes; return its frame and summary, and with
     ``out_dir`` write the run folder there (``stats.csv``, ``propagation.png``, then
-    ``summary.json``).
+    ``summary.json``), holding the folder's lock: a folder another process is writing into
+    is refused (ResultsError); a failed write raises WriteError.
 
     ``cfg`` is a composed config (:func:`propbench.compose`), a
-    :class:`propbench.PropbenchConfig`, or a :class:`Setup`.
+    :class:`propbench.PropbenchConfig`, or a :class:`Setup`. ``progress=True`` shows a
+    progress line on stderr while the network is probed, if it is a terminal and the run
+    takes more than a few seconds (:class:`propbench.logs.Progress`).
 
     >>> import propbench
     >>> result = propbench.run(propbench.compose(["depth=5", "width=64", "init=kaiming"]))
@@ -90,11 +95,22 @@ def run(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
     (['activation', 'gradient'], 'stable')
     """
     job = cfg if isinstance(cfg, Setup) else setup(cfg)
-    folder = None if out_dir is None else Path(out_dir)
-    if folder is not None and job.settings.resume and _same_run(job.settings, folder):
-        return RunResult(load(folder), read_summary(folder), folder, resumed=True)
+    if out_dir is None:
+        return _run(job, None, progress)
+    folder = Path(out_dir)
+    try:
+        with folder_lock(folder):
+            if job.settings.resume and _same_run(job.settings, folder):
+                return RunResult(load(folder), read_summary(folder), folder, resumed=True)
+            return _run(job, folder, progress)
+    except OSError as err:  # a full disk, a folder made read-only or removed meanwhile
+        raise WriteError(f"{folder}: could not write the run ({err.strerror or err}); "
+                         "it is not marked complete") from None
+
+
+def _run(job: Setup, folder: Optional[Path], progress: bool) -> RunResult:
     started = time.perf_counter()
-    measured = _measure(job)
+    measured = _measure(job, Progress(job.settings.depth, job.settings.trials) if progress else None)
     elapsed = time.perf_counter() - started
     frame = _annotate(measured.frame, job.settings, measured.theory)
     spectrum = measured.spectrum
@@ -130,7 +146,20 @@ def _chunks(trials: int, at_once: int) -> Iterator[range]:
         yield range(start, min(start + at_once, trials))
 
 
-def _measure(job: Setup) -> _Measured:
+def _track(model: torch.nn.Module, progress: Progress) -> list[Any]:
+    """Hooks that tell ``progress`` which block each pass has reached (forward, then the
+    gradient flowing back through the block's output); their handles."""
+    handles = []
+    for layer, block in enumerate(model.blocks, start=1):
+        def forward(module: Any, args: Any, output: torch.Tensor, layer: int = layer) -> None:
+            progress.layer("forward", layer)
+            if output.requires_grad:
+                output.register_hook(lambda grad: progress.layer("backward", layer))
+        handles.append(block.register_forward_hook(forward))
+    return handles
+
+
+def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:
     """Every trial's frame, ``at_once`` trials stacked into one network per pass (a single
     network is one trial), and the theory of the first trial's network; with
     ``spectrum=true`` each trial's Jacobian spectrum, taken before the stacking."""
@@ -155,6 +184,9 @@ def _measure(job: Setup) -> _Measured:
                     values.append(spectrum.values.get(int(spectrum.frame["layer"].max())))
             stacked = stack(models).to(job.device)
             del models  # the stacked copy holds their weights now
+            if progress is not None:
+                progress.chunk(trials)
+                _track(stacked, progress)
             frame = probe_trials(stacked, inputs, seeds=[seed.cotangent for seed in seeds],
                                  pairs=s.correlation is not None, keep_grads=False)
             del stacked
@@ -165,6 +197,9 @@ def _measure(job: Setup) -> _Measured:
             f"out of memory on {job.device} at depth={s.depth}, width={s.width}, "
             f"batch_size={s.batch_size}; lower one of them"
         ) from None
+    finally:
+        if progress is not None:
+            progress.close()
     measured = _Measured(pd.concat(frames, ignore_index=True), theory)
     if spectra:
         measured.spectrum = pd.concat(spectra, ignore_index=True)
@@ -296,10 +331,11 @@ def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) ->
 
 
 def _write(result: RunResult) -> None:
-    """The run folder: statistics, figure, and last the summary that marks it complete."""
+    """The run folder: the previous attempt's files removed, then statistics, figure, and
+    last the summary that marks them complete (with their attempt id and checksums)."""
     from propbench.plots import save_propagation
 
-    result.folder.mkdir(parents=True, exist_ok=True)
+    attempt = start_attempt(result.folder)
     write_stats(result.folder, result.frame)
     save_propagation(result.frame, result.folder / FIGURE)
     if result.spectrum is not None:
@@ -307,4 +343,4 @@ def _write(result: RunResult) -> None:
 
         write_spectrum(result.folder, result.spectrum)
         save_spectrum(result.spectrum, result.folder / SPECTRUM_FIGURE, result.singular_values)
-    write_summary(result.folder, result.summary)
+    write_summary(result.folder, result.summary, attempt)

@@ -4,8 +4,9 @@ the job folders hold -- after the sweep, or later with ``python -m propbench.rep
 A sweep folder holds ``jobs.json`` (every job's number and overrides, written before any job
 runs) and one folder per job (``0/``, ``1/``, ...). A job is ``ok`` when its folder has a
 complete ``summary.json``, ``failed`` when it has ``error.json``, ``incomplete`` when it
-started but was stopped, ``missing`` when it never started. Aggregation writes, into the
-sweep folder:
+started but was stopped, ``missing`` when it never started, ``corrupt`` when a file is not
+what its run wrote. The sweep holds the folder's lock while it runs; its own messages go to
+``sweep.log``. Aggregation writes, into the sweep folder:
 
 - ``sweep.csv``: every ok job's ``stats.csv`` stacked, with ``job`` and the sweep's
   override columns;
@@ -20,9 +21,12 @@ sweep folder:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +34,9 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 
 from propbench.errors import ConfigError, ResultsError, first_line
-from propbench.results import ERROR, MANIFEST, SPECTRUM, SUMMARY, atomic_write
+from propbench.logs import log
+from propbench.results import (ERROR, MANIFEST, SPECTRUM, SUMMARY, atomic_write, check_run,
+                               folder_lock, read_json)
 from propbench.verdict import SIGNALS
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
@@ -68,27 +74,55 @@ def write_manifest(sweep_dir: Path, jobs: list[list[str]]) -> None:
     atomic_write(sweep_dir / MANIFEST, lambda tmp: tmp.write_text(text + "\n"))
 
 
+def _overrides(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(o, str) for o in value)
+
+
 def read_manifest(sweep_dir: Path) -> dict[int, list[str]]:
-    """Job number -> overrides, from jobs.json (or, without it, from each job's .hydra)."""
+    """Job number -> overrides, from jobs.json (or, without it, from each job's .hydra);
+    ResultsError (one line) if either is corrupt."""
     manifest = sweep_dir / MANIFEST
     if manifest.exists():
-        return {j["job"]: j["overrides"] for j in json.loads(manifest.read_text())["jobs"]}
+        entries = read_json(manifest).get("jobs")
+        if not isinstance(entries, list):
+            raise ResultsError(f"{manifest}: corrupt (no list of jobs)")
+        jobs = {}
+        for entry in entries:
+            if not (isinstance(entry, dict) and type(entry.get("job")) is int and entry["job"] >= 0
+                    and _overrides(entry.get("overrides"))):
+                raise ResultsError(f"{manifest}: corrupt (an entry needs a job number and a list "
+                                   f"of overrides: {json.dumps(entry)[:60]})")
+            jobs[entry["job"]] = entry["overrides"]
+        return jobs
     import yaml
 
     jobs = {}
     for folder in sweep_dir.iterdir():
         overrides = folder / ".hydra" / "overrides.yaml"
-        if folder.name.isdigit() and overrides.exists():
-            jobs[int(folder.name)] = yaml.safe_load(overrides.read_text()) or []
+        if folder.name.isdigit() and overrides.is_file():
+            try:
+                value = yaml.safe_load(overrides.read_text()) or []
+            except (yaml.YAMLError, OSError, UnicodeDecodeError, RecursionError):
+                value = None
+            if not _overrides(value):
+                raise ResultsError(f"{overrides}: corrupt (not a list of overrides)")
+            jobs[int(folder.name)] = value
     return jobs
 
 
 def job_status(folder: Path) -> tuple[str, str]:
     """(status, first line of the error) of one job folder."""
-    if (folder / ERROR).exists():
-        return "failed", json.loads((folder / ERROR).read_text()).get("error", "")
     if (folder / SUMMARY).exists():
+        try:
+            check_run(folder)
+        except ResultsError as err:
+            return "corrupt", str(err)
         return "ok", ""
+    if (folder / ERROR).exists():
+        try:
+            return "failed", str(read_json(folder / ERROR).get("error", ""))
+        except ResultsError as err:
+            return "corrupt", str(err)
     return ("incomplete", "stopped before it finished") if folder.exists() else ("missing", "")
 
 
@@ -148,7 +182,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
         if status == "ok":
             try:
                 summary, stats = read_summary(folder / str(job)), load(folder / str(job))
-            except (ResultsError, ValueError) as err:  # a file edited or cut short by hand
+            except ResultsError as err:  # a file edited or cut short by hand
                 status, error = "corrupt", str(err)
                 row.update(status=status, error=error)
         if status == "ok":
@@ -270,7 +304,8 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
         cells = [str(row["job"]), *(str(row[k]) for k in shown)]
         for quantity in SIGNALS:
             verdict, ratio = row[f"{quantity}_verdict"], row[f"{quantity}_log10_ratio"]
-            cells.append(f"{verdict} ({_format_ratio(ratio)})" if verdict else "")
+            judged = isinstance(verdict, str) and verdict  # a failed job has none (NaN)
+            cells.append(f"{verdict} ({_format_ratio(ratio)})" if judged else "")
         if with_spectrum:
             verdict = row["spectrum_verdict"]
             cells.append(f"{verdict} ({row['spectrum_spread']:.3g} ({row['spectrum_theory_spread']:.3g}))"
@@ -313,23 +348,64 @@ def _write(report: SweepReport, keys: list[str], figures: bool) -> None:
             report.figures.append(save_sweep_spectrum(report.spectrum, folder, swept))
 
 
-def progress(sweep_dir: Path) -> tuple[int, int]:
-    """(jobs finished, jobs in the sweep), read from the sweep folder."""
-    jobs = read_manifest(sweep_dir)
-    done = sum(job_status(sweep_dir / str(j))[0] in ("ok", "failed") for j in jobs)
-    return done, len(jobs)
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 60 else f"{minutes / 60:.1f} h"
 
 
-# The report of the last sweep this process ran; the CLI turns it into its exit status.
+def progress(sweep_dir: Path) -> tuple[int, int, str]:
+    """(jobs this launch has finished, jobs in the sweep, "; <elapsed>, about <time> left").
+
+    A launch starts when it writes jobs.json; a job belongs to it when Hydra has written
+    the job's ``.hydra/`` since, and ran (rather than being kept by resume=true) when its
+    summary or error is newer too; the time left is the time per job that ran so far."""
+    try:
+        jobs = read_manifest(sweep_dir)
+        started = (sweep_dir / MANIFEST).stat().st_mtime
+    except (ResultsError, OSError):
+        return 0, 0, ""
+    done = ran = 0
+    for job in jobs:
+        folder = sweep_dir / str(job)
+        result = folder / SUMMARY if (folder / SUMMARY).exists() else folder / ERROR
+        try:
+            if (folder / ".hydra" / "hydra.yaml").stat().st_mtime < started:
+                continue
+            ran += result.stat().st_mtime >= started
+        except OSError:  # not started in this launch, or not finished
+            continue
+        done += 1
+    elapsed = time.time() - started
+    left = (f", about {_duration(elapsed / ran * (len(jobs) - done))} left"
+            if ran and done < len(jobs) else "")
+    return done, len(jobs), f"; {_duration(elapsed)} elapsed{left}"
+
+
+# What the last sweep this process ran left: its folder, its report, or why it could not be
+# aggregated; the CLI turns them into its exit status.
+LAST_SWEEP_DIR: Optional[Path] = None
 LAST_REPORT: Optional[SweepReport] = None
+LAST_ERROR: Optional[str] = None
+_LOCK = contextlib.ExitStack()  # the sweep folder's lock (not on the callback: launchers pickle it)
 
 
 class SweepCallback(Callback):
-    """Writes the manifest when a multirun starts and aggregates when it ends."""
+    """Locks the sweep folder and writes the manifest when a multirun starts; aggregates
+    and releases the folder when it ends."""
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
+        global LAST_SWEEP_DIR
+        folder = Path(config.hydra.sweep.dir)
+        try:
+            _LOCK.enter_context(folder_lock(folder, "sweep"))
+        except ResultsError as err:  # Hydra would turn an exception into a warning
+            print(f"propbench: error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        LAST_SWEEP_DIR = folder
         params = config.hydra.sweeper.get("params")
         params = OmegaConf.to_container(params) if params is not None else {}
         overrides = list(config.hydra.overrides.task)
@@ -337,10 +413,21 @@ class SweepCallback(Callback):
             jobs = plan_jobs(params, overrides)
         except ConfigError:  # a sweep only Hydra's sweeper can enumerate (glob, interval)
             return
-        write_manifest(Path(config.hydra.sweep.dir), jobs)
+        write_manifest(folder, jobs)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        global LAST_REPORT
-        LAST_REPORT = aggregate(Path(config.hydra.sweep.dir))
-        print(f"\nSweep {LAST_REPORT.folder}:\n")
-        print((LAST_REPORT.folder / SWEEP_MD).read_text())
+        from propbench import logs
+
+        global LAST_REPORT, LAST_ERROR
+        folder = Path(config.hydra.sweep.dir)
+        try:
+            logs.configure(folder / "sweep.log", bool(config.get("quiet", False)))
+            LAST_REPORT = aggregate(folder)
+        except Exception as err:  # noqa: BLE001 -- Hydra would turn it into a warning
+            LAST_ERROR = (f"sweep {folder}: not aggregated ({type(err).__name__}: {first_line(err)}); "
+                          f"the jobs' folders are kept: python -m propbench.report {folder}")
+            return
+        finally:
+            _LOCK.close()
+        log.info(f"\nSweep {LAST_REPORT.folder}:\n")
+        log.info((LAST_REPORT.folder / SWEEP_MD).read_text())

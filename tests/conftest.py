@@ -45,3 +45,29 @@ def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own 2 MB tmpfs (a disk that fills up), mounted read-write; skipped where
+    mounting is not possible (not Linux, not root). Unmounted afterwards."""
+    if sys.platform != "linux":
+        pytest.skip("mounting a tmpfs needs Linux")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(disk, leave=150_000):
+    """Fill ``disk`` up to ``leave`` bytes free with a file (returned, to delete later)."""
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"\0" * max(free - leave, 0))
+    return filler

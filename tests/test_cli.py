@@ -83,7 +83,6 @@ BAD = [
     (["-m", "depth=2,3", "act=relu,nope"], "act=nope: no such option"),
     (["-m", "+experiment=edge_of_chaos", "init.sigma_b2=0,-1"], "init.sigma_b2=-1.0: must be a finite number >= 0"),
     # keys no schema has, and models propbench did not write
-    (["+foo=1"], "foo: unknown key"),
     (["+model._target_=torchvision.models.resnet18"], "model._target_: unknown key; model=mlp takes only norm; a model of your own is model=custom"),
     (["model=custom", "model._target_=torchvision.models.resnet18", "input.shape=[3,32,32]"],
      "model._target_=torchvision.models.resnet18: cannot be imported (ModuleNotFoundError"),
@@ -110,6 +109,25 @@ BAD = [
     (["init=lsuv", "init.gain=2"], "init.gain=2: init=lsuv takes only tol, max_iter, bias"),
     (["model=custom", "model._target_=torch.nn.Linear", "model.in_features=4", "model.out_features=4",
       "input.shape=[4]", "spectrum=true"], "spectrum=true: not from the CLI for model=custom"),
+    # what a new user tried: each once gave a traceback, a usage text or silence
+    (["model.norm=batchnorm", "batch_size=1"], "model.norm=batchnorm needs batch_size >= 2"),
+    (["width=1", "batch_size=1"], "every tensor would hold one element, which has no variance"),
+    (["depth=${oops}"], "depth=${oops}: Interpolation key 'oops' not found"),
+    (["model=cnn", "model.in_channels=1000000000000"], "lower model.in_channels, model.num_classes"),
+    (["model=cnn", "model.num_classes=1000000000000"], "lower model.in_channels, model.num_classes"),
+    (["-m", "depth=interval(1,5)"], "depth=interval(1,5): an interval needs an optimizing sweeper"),
+    (["hydra.run.dir=/dev/null"], "hydra.run.dir=/dev/null: /dev/null is a file, not a folder"),
+    (["hydra.run.dir=/dev/null/run"], "hydra.run.dir=/dev/null/run: /dev/null is a file, not a folder"),
+    (["hydra.run.dir="], "hydra.run.dir=: empty; give a folder"),
+    (["-m", "depth=2,3", "hydra.sweep.dir="], "hydra.sweep.dir=: empty; give a folder"),
+    (["+dept=5"], "+dept: unknown key, which propbench would ignore; did you mean depth?"),
+    (["+foo=1"], "+foo: unknown key, which propbench would ignore"),
+    (["+model.foo=1"], "model.foo: unknown key; model=mlp takes only norm"),
+    (["init=scaled", "init.bias=default"], "init.bias=default: init=scaled takes only sigma_w2"),
+    (["~depth", "depth=3"], "depth=3: depth was deleted by ~depth; give one of the two"),
+    (["experiment=default_init"], "experiment is not in the defaults list; add it with +experiment=default_init"),
+    (["hydra.run.dir=out/a", "b"], "b: not KEY=VALUE (a value with spaces must be quoted"),
+    (["hydra.run.dir=out/caf\u00e9"], "hydra.run.dir=out/caf\u00e9: Hydra cannot parse this value; quote it"),
 ]
 
 
@@ -121,7 +139,7 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, message)
     assert len(lines) == 1 and lines[0].startswith("propbench: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "results").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a folder
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:7"])
@@ -346,3 +364,181 @@ def test_lsuv_leaves_unit_variance_on_the_clis_own_inputs(tmp_path):
         measured = pre[pre.trial == trial].sort_values("layer")["var"].to_numpy()
         assert record["variances"] == pytest.approx(list(measured), rel=1e-5)
         assert len(record["iterations"]) == 10
+def test_a_read_only_run_folder_is_refused(small_disk, tmp_path):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    proc = cli(*TINY, f"hydra.run.dir={small_disk / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"propbench: error: hydra.run.dir={small_disk / 'run'}: "
+                                   f"{small_disk} is not writable (read-only or no permission)")
+
+
+def test_a_full_disk_ends_a_run_in_one_line_and_marks_nothing_complete(small_disk, tmp_path):
+    from tests.conftest import fill
+
+    fill(small_disk, leave=40_000)  # .hydra fits, the figure does not
+    run = small_disk / "run"
+    proc = cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("propbench: error: ") and "No space left on device" in line
+    assert not (run / "summary.json").exists()
+    with pytest.raises(propbench.errors.ResultsError):
+        propbench.load(run)
+
+
+def test_resume_reruns_a_folder_whose_summary_is_broken(tmp_path):
+    run = tmp_path / "run"
+    assert cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    (run / "summary.json").write_text("[1, 2]\n")  # valid JSON, not an object
+    proc = cli(*TINY, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "wrote" in proc.stdout
+    assert propbench.load(run)["depth"].eq(5).all()
+
+
+def test_a_console_that_cannot_show_a_character_gets_it_escaped(tmp_path):
+    proc = cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+               env={"PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0, proc.stderr
+    assert "mlp \\xb7 act=relu" in proc.stdout  # the middle dot, escaped
+
+
+def test_messages_are_logged_to_the_run_folder_and_quiet_keeps_only_warnings(tmp_path):
+    loud = cli("init=default", "act=relu", "depth=500", "width=64", "batch_size=32",
+               f"hydra.run.dir={tmp_path / 'loud'}", cwd=tmp_path)
+    quiet = cli("init=default", "act=relu", "depth=500", "width=64", "batch_size=32",
+                f"hydra.run.dir={tmp_path / 'quiet'}", "quiet=true", cwd=tmp_path)
+    assert loud.returncode == quiet.returncode == 0
+    assert "gradient:   vanishing" in loud.stdout and quiet.stdout == ""
+    for proc in (loud, quiet):  # the warning on stderr either way
+        assert proc.stderr.startswith("propbench: warning: gradient underflowed to 0")
+    log = (tmp_path / "quiet" / "propbench.log").read_text()  # the log file gets everything
+    assert "[propbench][INFO] -   gradient:   vanishing" in log
+    assert "[propbench][WARNING] - gradient underflowed to 0" in log
+
+
+def test_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    from propbench.results import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run):  # this process is writing into it
+        proc = cli(*TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+        with pytest.raises(propbench.errors.ResultsError, match="in use by another propbench run"):
+            propbench.run(cfg(*TINY), run)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"propbench: error: hydra.run.dir={run}: in use by another "
+                                   "propbench process; wait for it to end or choose another folder")
+    assert [p.name for p in run.iterdir()] == [".propbench.lock"]
+    assert propbench.run(cfg(*TINY), run).folder == run  # free again
+
+
+def test_concurrent_runs_into_one_folder_leave_one_consistent_result(tmp_path):
+    """Two runs of different configs into one folder at once: one is refused in one line, or
+    they run one after the other; either way the folder holds one whole run."""
+    import os
+
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    procs = [subprocess.Popen([sys.executable, "-m", "propbench", "depth=60", "width=128",
+                               f"act={act}", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for act in ("relu", "tanh")]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert {status for status, _ in outcomes} <= {0, 2} and any(s == 0 for s, _ in outcomes)
+    for status, err in outcomes:
+        assert "Traceback" not in err
+        if status == 2:
+            assert "in use by another propbench" in err and len(err.strip().splitlines()) == 1
+    frame = propbench.load(run)  # complete, and every file of one attempt
+    summary = json.loads((run / "summary.json").read_text())
+    assert frame["act"].nunique() == 1 and frame["act"][0] == summary["config"]["act"]["name"]
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_progress_line_on_a_terminal(monkeypatch):
+    import io
+
+    from propbench import logs
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    clock = iter(range(1000))
+    progress = logs.Progress(depth=4, trials=8, stream=Terminal(), after=3, every=1,
+                             clock=lambda: next(clock))
+    progress.chunk(range(4, 8))
+    for layer in range(1, 5):
+        progress.layer("forward", layer)
+    shown = progress.stream.getvalue()
+    assert "trials 5-8 of 8, forward layer 3/4, 3 s" in shown  # from 3 s on, once a second
+    assert "layer 1/4" not in shown and "layer 2/4" not in shown
+    progress.close()
+    assert progress.stream.getvalue().endswith("\r")  # the line cleared for the results
+    silent = logs.Progress(depth=4, trials=1, stream=io.StringIO(), after=0, every=0)
+    silent.layer("forward", 1)
+    assert silent.stream.getvalue() == ""  # not a terminal
+
+
+def test_a_run_reports_progress_through_both_passes(monkeypatch):
+    import io
+
+    from propbench import logs
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr(logs.Progress, "__init__", _eager_init(logs.Progress.__init__, stream))
+    propbench.run(cfg("depth=6", "width=16", "batch_size=8", "trials=3", "trial_batch=2"), progress=True)
+    shown = stream.getvalue()
+    assert "trials 1-2 of 3, forward layer 6/6" in shown and "trial 3 of 3, backward layer 1/6" in shown
+
+
+def _eager_init(init, stream):
+    def eager(self, depth, trials, **kwargs):
+        init(self, depth, trials, stream=stream, after=0, every=0)
+    return eager
+
+
+@pytest.mark.parametrize("overrides, rtol, same_bytes", [
+    ((), 1e-12, True),  # the default MLP
+    (("model.norm=batchnorm", "act=tanh"), 2e-6, False),
+    (("model=cnn", "model.image_size=8", "depth=4", "batch_size=16"), 2e-6, False),
+], ids=["mlp", "batchnorm", "cnn"])
+def test_the_thread_count_changes_only_the_summation_order_at_width_256(overrides, rtol, same_bytes):
+    """What the README states: 1 thread (a joblib worker) and 2 (a run alone here) agree to
+    1e-12 for a plain MLP, byte for byte in stats.csv for the default config, and to float32
+    round-off (2e-6) with BatchNorm or convolutions."""
+    import numpy as np
+    import torch
+
+    before, frames = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            frames[threads] = propbench.run(cfg("width=256", *overrides)).frame
+    finally:
+        torch.set_num_threads(before)
+    one, two = frames[1], frames[2]
+    scale = np.sqrt(one["second_moment"].to_numpy())
+    for column in ("var", "second_moment", "channel_var", "channel_mean_sq"):
+        np.testing.assert_allclose(two[column], one[column], rtol=rtol, atol=0, equal_nan=True)
+    # a mean near 0 is held to the tensor's scale, sqrt(E[x^2])
+    assert (np.abs(two["mean"] - one["mean"]) <= rtol * scale).all()
+    if same_bytes:
+        assert one.to_csv(float_format="%.9g") == two.to_csv(float_format="%.9g")
+
+
+@pytest.mark.slow
+def test_width_256_bytes_alone_and_under_joblib_with_the_same_thread_count(tmp_path):
+    alone = tmp_path / "alone"
+    proc = cli("seed=1", f"hydra.run.dir={alone}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    sweep = tmp_path / "sweep"
+    proc = cli("-m", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((sweep / "1" / "summary.json").read_text())["determinism"]["threads"] == 1
+    assert (sweep / "1" / "stats.csv").read_bytes() == (alone / "stats.csv").read_bytes()

@@ -93,3 +93,85 @@ def test_results_from_before_the_theory_column_still_load(run_folder, tmp_path):
     older.to_csv(path, index=False)
     frame = propbench.load(path)
     assert frame["theory"].isna().all() and len(frame) == len(older)
+
+
+def _copy(run_folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_folder, copy)
+    return copy
+
+
+def _edit_summary(folder, **changes):
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, **changes}))
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda f: _edit_summary(f, complete=False), "incomplete run (summary.json does not say complete)"),
+    (lambda f: (f / "summary.json").write_text("[1]"), "corrupt (a JSON list, not an object)"),
+    (lambda f: (f / "summary.json").write_text("[" * 200_000 + "]" * 200_000), "corrupt (nested too deeply)"),
+    (lambda f: (f / "stats.csv").write_text("\n".join((f / "stats.csv").read_text().splitlines()[:-3]) + "\n"),
+     "stats.csv: not the file of this run's attempt"),  # rows lost
+    (lambda f: pd.read_csv(f / "stats.csv").drop(columns="act").to_csv(f / "stats.csv", index=False),
+     "stats.csv: not the file of this run's attempt"),  # a config column lost
+    (lambda f: (f / "stats.csv").unlink() or (f / "stats.csv").mkdir(), "stats.csv not a file"),
+    (lambda f: (f / "propagation.png").write_bytes(b"another attempt's figure"),
+     "propagation.png: not the file of this run's attempt"),
+], ids=["not-complete", "summary-list", "summary-deep", "rows-lost", "column-lost", "stats-folder",
+        "figure-replaced"])
+def test_load_accepts_only_a_folder_whose_files_are_all_of_one_attempt(run_folder, tmp_path, spoil, message):
+    copy = _copy(run_folder, tmp_path)
+    spoil(copy)
+    with pytest.raises(ResultsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        propbench.load(copy)
+
+
+def test_every_file_is_recorded_with_its_attempt(run_folder):
+    import hashlib
+
+    summary = read_summary(run_folder)
+    assert len(summary["attempt"]) == 32
+    for name in ("stats.csv", "propagation.png"):
+        assert summary["files"][name] == hashlib.sha256((run_folder / name).read_bytes()).hexdigest()
+
+
+def test_results_written_before_attempt_ids_still_load_if_whole(run_folder, tmp_path):
+    copy = _copy(run_folder, tmp_path)
+    summary = json.loads((copy / "summary.json").read_text())
+    del summary["files"], summary["attempt"]
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert len(propbench.load(copy)) == len(propbench.load(run_folder))
+    pd.read_csv(copy / "stats.csv").drop(columns="act").to_csv(copy / "stats.csv", index=False)
+    with pytest.raises(ResultsError, match="missing column\\(s\\) act"):
+        propbench.load(copy)
+
+
+def test_a_rerun_removes_the_old_summary_before_writing_anything(run_folder, tmp_path, monkeypatch):
+    """Killed between the new stats.csv and the new summary, the folder is incomplete, never
+    new statistics under the old summary."""
+    from propbench import runner
+
+    copy = _copy(run_folder, tmp_path)
+
+    def killed(*args, **kwargs):
+        assert not (copy / "summary.json").exists()  # gone before the new stats.csv lands
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_summary", killed)
+    with pytest.raises(KeyboardInterrupt):
+        propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2", "seed=5"), copy)
+    with pytest.raises(ResultsError, match="incomplete run"):
+        propbench.load(copy)
+    assert runner.completed_config(copy) is None  # resume=true runs it again
+
+
+def test_temporary_names_are_unique(tmp_path, monkeypatch):
+    from propbench.results import atomic_write
+
+    seen = []
+    atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(tmp) or tmp.write_text("1"))
+    atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(tmp) or tmp.write_text("2"))
+    assert seen[0] != seen[1] and all(p.name.startswith(".a.txt.") for p in seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_sweep_folder_has_every_artifact(basic_sweep):
             "grid_depth3.png", "heatmap_depth2.png", "heatmap_depth3.png"} <= names
     assert "8 jobs: 8 ok" in proc.stdout  # the table is printed at the end
     assert "[8/8]" in proc.stdout  # progress: jobs done / total
+    first = next(line for line in proc.stdout.splitlines() if line.startswith("[1/8]"))
+    assert " elapsed, about " in first and first.endswith(" left")  # time, and time left
+    assert "8 jobs: 8 ok" in (folder / "sweep.log").read_text()  # the sweep's own log
 
 
 def test_sweep_tables_agree_with_each_job(basic_sweep):
@@ -91,8 +95,17 @@ def test_a_failed_job_is_reported_and_the_others_kept(tmp_path):
     assert "depth=0: must be >= 1" in table.loc[1, "error"]
     assert (tmp_path / "s" / "2" / "summary.json").exists()
     assert not (tmp_path / "s" / "1" / "stats.csv").exists()
+    row = next(line for line in (tmp_path / "s" / "summary.md").read_text().splitlines()
+               if line.startswith("| 1 |"))
+    assert "nan" not in row and "inf/NaN" not in row and "failed: depth=0" in row
     again = report(tmp_path / "s", "--no-figures")
     assert again.returncode == 1 and "failed: job 1 (depth=0" in again.stderr
+    # the value fixed and resumed: the job runs again and its old error.json goes with it
+    fixed = cli("-m", "depth=2,1,3", *TINY, f"hydra.sweep.dir={tmp_path / 's'}", "resume=true",
+                cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "3 jobs: 3 ok" in fixed.stdout and not (tmp_path / "s" / "1" / "error.json").exists()
+    assert fixed.stdout.count("(kept: resume=true)") == 2
 
 
 def test_report_on_an_interrupted_sweep(tmp_path):
@@ -216,3 +229,175 @@ def test_check_claim_holds_fails_and_lists_what_it_could_not_check(tmp_path):
     assert not check_claim(tmp_path, table)["held"]
     (hydra / "config.yaml").write_text("depth: 10\n")
     assert check_claim(tmp_path, table) is None  # not an experiment
+
+
+# --- interruption, concurrency, full disks, corrupt files ---------------------------------
+
+SWEEP4 = ("-m", "depth=2,3", "seed=0,1", *TINY)
+# when Ctrl-C comes: as soon as this file exists
+POINTS = {"started": "jobs.json", "job 1 begun": "1/.hydra/hydra.yaml",
+          "job 1 writing": "1/stats.csv", "job 2 done": "2/summary.json"}
+
+
+def interrupt_then_resume(tmp_path, point):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) at ``point``: the sweep
+    stops with one line and status 130, records no failure, and resume=true finishes it."""
+    sweep = tmp_path / "s"
+    args = [*SWEEP4, f"hydra.sweep.dir={sweep}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen([sys.executable, "-m", "propbench", *args], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    marker = sweep / POINTS[point]
+    while not marker.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1].startswith("propbench: error: interrupted"), err
+    assert not list(sweep.glob("*/error.json"))  # an interrupt is no job's failure
+    resumed = cli(*args, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    first = next(line for line in resumed.stdout.splitlines() if re.match(r"\[\d+/", line))
+    assert first.startswith("[1/4] job 0")  # it counts this launch's jobs
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert list(table["status"]) == ["ok"] * 4
+    assert not list(sweep.glob("*/error.json")) and not list(sweep.glob("*/.*.tmp"))
+    for job in range(4):  # every job whole, of its own config
+        assert propbench.load(sweep / str(job))["seed"].eq(job % 2).all()
+
+
+def test_ctrl_c_stops_a_sweep_and_resume_finishes_it(tmp_path):
+    interrupt_then_resume(tmp_path, "job 1 begun")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("repeat", range(5))
+@pytest.mark.parametrize("point", POINTS)
+def test_ctrl_c_at_every_point_again_and_again(tmp_path, point, repeat):
+    interrupt_then_resume(tmp_path, point)
+
+
+def test_a_failed_aggregation_is_a_failure(tmp_path):
+    sweep = tmp_path / "s"
+    (sweep / "sweep.csv").mkdir(parents=True)  # where the table goes: not writable as a file
+    proc = cli("-m", "depth=2,3", *TINY, f"hydra.sweep.dir={sweep}", "quiet=true", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # quiet: no Hydra lines, no job lines; the error still shows
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"propbench: error: sweep {sweep}: not aggregated (IsADirectoryError")
+    assert last.endswith(f"the jobs' folders are kept: python -m propbench.report {sweep}")
+    assert all(propbench.load(sweep / str(job)) is not None for job in (0, 1))
+
+
+def test_a_sweep_on_a_disk_that_fills_up_fails_in_one_line_and_resumes(small_disk, tmp_path):
+    from tests.conftest import fill
+
+    filler = fill(small_disk, leave=150_000)  # room for two or three jobs
+    sweep = small_disk / "s"
+    args = ["-m", "depth=2,3,4,5,6", *TINY, f"hydra.sweep.dir={sweep}"]
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left on device" in proc.stderr.strip().splitlines()[-1]
+    filler.unlink()
+    resumed = cli(*args, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list(pd.read_csv(sweep / "sweep_summary.csv")["status"]) == ["ok"] * 5
+    assert not list(sweep.glob("*/error.json"))
+
+
+def test_two_sweeps_into_one_folder(tmp_path):
+    """The second is refused in one line while the first runs (or runs after it)."""
+    sweep = tmp_path / "s"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    first = subprocess.Popen([sys.executable, "-m", "propbench", "-m", "depth=2,3,4", *TINY,
+                              f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (sweep / "jobs.json").exists() and first.poll() is None:
+        time.sleep(0.01)
+    second = cli("-m", "depth=5,6", "act=tanh", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    if second.returncode == 2:
+        assert second.stderr.strip().splitlines() == [
+            f"propbench: error: hydra.sweep.dir={sweep}: in use by another propbench process; "
+            "wait for it to end or choose another folder"]
+        assert list(pd.read_csv(sweep / "sweep_summary.csv")["depth"]) == [2, 3, 4]
+    else:  # it started after the first had ended
+        assert second.returncode == 0, second.stderr
+        assert list(pd.read_csv(sweep / "sweep_summary.csv")["depth"]) == [5, 6]
+    assert report(sweep, "--no-figures").returncode == 0
+
+
+def report_here(folder, capsys):
+    """``python -m propbench.report FOLDER --no-figures`` in this process: (status, out, err)."""
+    from propbench.report import main
+
+    capsys.readouterr()
+    status = main([str(folder), "--no-figures"])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _break(folder, job, name, content):
+    path = folder / str(job) / name
+    if content is None:  # a folder in its place
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_text(content)
+
+
+CORRUPT_JOB = [  # (what is broken, how), each one job of a finished sweep: that job is corrupt
+    ("summary.json", "[1, 2]\n", "corrupt (a JSON list, not an object)"),
+    ("summary.json", "[" * 200_000 + "]" * 200_000, "corrupt (nested too deeply)"),
+    ("summary.json", "{\"complete\": tru", "corrupt (not JSON"),
+    ("stats.csv", None, "incomplete run (stats.csv not a file)"),
+    ("stats.csv", "trial,layer\n0,1\n", "stats.csv: not the file of this run's attempt"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", CORRUPT_JOB,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(CORRUPT_JOB)])
+def test_report_names_a_corrupt_job(basic_sweep, tmp_path, capsys, name, content, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(basic_sweep[0], copy)
+    _break(copy, 3, name, content)
+    status, _, err = report_here(copy, capsys)
+    table = pd.read_csv(copy / "sweep_summary.csv")
+    assert status == 1 and list(table["status"]) == ["ok"] * 3 + ["corrupt"] + ["ok"] * 4
+    assert err.splitlines() == [f"corrupt: job 3 ({table.loc[3, 'overrides']}): {table.loc[3, 'error']}"]
+    assert message in err
+
+
+def test_report_names_an_error_json_that_is_not_json(basic_sweep, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(basic_sweep[0], copy)
+    (copy / "2" / "summary.json").unlink()
+    (copy / "2" / "error.json").write_text("{oops")
+    status, _, err = report_here(copy, capsys)
+    assert status == 1 and "corrupt: job 2" in err and "error.json: corrupt (not JSON" in err
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ("{oops", "jobs.json: corrupt (not JSON"),
+    ("", "jobs.json: corrupt (not JSON"),
+    ("[1, 2]", "jobs.json: corrupt (a JSON list, not an object)"),
+    ('{"jobs": 3}', "jobs.json: corrupt (no list of jobs)"),
+    ('{"jobs": [{"job": 0}]}', "jobs.json: corrupt (an entry needs a job number and a list of overrides"),
+    ('{"jobs": [{"job": "0", "overrides": ["depth=2"]}]}', "an entry needs a job number"),
+], ids=["not-json", "empty", "list", "jobs-not-list", "no-overrides", "string-job"])
+def test_report_refuses_a_corrupt_manifest_in_one_line(basic_sweep, tmp_path, capsys, manifest, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(basic_sweep[0], copy)
+    (copy / "jobs.json").write_text(manifest)
+    status, _, err = report_here(copy, capsys)
+    assert status == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("propbench.report: error: ") and message in line
