@@ -130,7 +130,7 @@ def _measure(job: Setup) -> tuple[pd.DataFrame, Theory]:
             del stacked
             frame["trial"] += trials.start
             frames.append(frame)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # the class torch >= 2.5 also names torch.OutOfMemoryError
         raise PropbenchError(
             f"out of memory on {job.device} at depth={s.depth}, width={s.width}, "
             f"batch_size={s.batch_size}; lower one of them"
