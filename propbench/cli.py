@@ -72,7 +72,7 @@ def _checkable(argv: list[str]) -> bool:
     )
 
 
-def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
+def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -108,30 +108,34 @@ def _warn_range(summary: dict[str, Any]) -> None:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
-def _sweep_job(job: Any, hydra_cfg: Any) -> None:
+def _sweep_job(job: Any, hydra_cfg: Any) -> float:
     """One job of a sweep: never raises, so the other jobs run; a failure is recorded in
-    the job's error.json and counted when the sweep is aggregated."""
+    the job's error.json and counted when the sweep is aggregated. Returns the job's
+    ``objective`` for Hydra's sweeper (verdict.objective; NaN for a failed job)."""
     import traceback
     from pathlib import Path
 
     from propbench.results import write_error
     from propbench.runner import run
     from propbench.sweep import progress
-    from propbench.verdict import SIGNALS
+    from propbench.verdict import SIGNALS, objective
 
     folder = Path(hydra_cfg.runtime.output_dir)
+    value = float("nan")
     overrides = " ".join(hydra_cfg.overrides.task)
     try:
         result = run(job, folder)
         summary = result.summary
         outcome = ", ".join(f"{q} {summary[q]['verdict']}" for q in SIGNALS if q in summary)
         outcome += " (kept: resume=true)" if result.resumed else ""
+        value = objective(summary, summary["config"]["objective"])
         _warn_range(summary)
     except Exception as err:  # noqa: BLE001 -- any failure of one job is that job's result
         write_error(folder, err, traceback.format_exc())
         outcome = f"FAILED: {first_line(err)}"
     done, total = progress(Path(hydra_cfg.sweep.dir))
     print(f"[{done}/{total or '?'}] job {hydra_cfg.job.num} ({overrides}): {outcome}", flush=True)
+    return value
 
 
 def main() -> None:
@@ -147,8 +151,8 @@ def main() -> None:
         except PropbenchError as err:
             fail(str(err))
 
-    def task(cfg: Any) -> None:
-        _task(cfg, ready)
+    def task(cfg: Any) -> Optional[float]:
+        return _task(cfg, ready)
 
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()
 

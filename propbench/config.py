@@ -31,6 +31,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
+# what a sweep job returns to Hydra's sweeper (verdict.objective): |log10 r| of that signal
+Objective = Enum("Objective", {v: v for v in ("gradient", "activation", "both")}, module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -156,6 +158,9 @@ class PropbenchConfig:
     # c0: feed batch_size/2 pairs of inputs with correlation c0 and record, per layer, the
     # mean cosine similarity of each pair's representations (quantity=correlation)
     correlation: Optional[float] = None
+    # the number each job returns to Hydra's sweeper (an optimizing one such as Optuna
+    # minimizes it): |log10 r| of the gradient, the activation, or the larger of the two
+    objective: Objective = Objective.gradient
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:

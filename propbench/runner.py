@@ -22,7 +22,7 @@ from propbench.errors import PropbenchError
 from propbench.models import DTYPES, build_model
 from propbench.probes import probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, read_summary,
-                               write_stats, write_summary)
+                               typed, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
@@ -92,7 +92,7 @@ def _same_run(s: PropbenchConfig, folder: Path) -> bool:
     """A complete run of the same config in ``folder``, whatever ``resume`` and
     ``trial_batch`` say (how the run is done, not what it measures)."""
     done = completed_config(folder)
-    how = {"resume": None, "trial_batch": None}
+    how = {"resume": None, "trial_batch": None, "objective": None}
     return done is not None and {**done, **how} == {**s.to_dict(), **how}
 
 
@@ -153,7 +153,7 @@ def _annotate(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.Dat
     for column, value in config_columns(s).items():
         frame[column] = value
     frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
-    return frame
+    return typed(frame)
 
 
 def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) -> dict[str, Any]:

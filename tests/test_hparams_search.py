@@ -1,0 +1,25 @@
+"""Hydra's Optuna sweeper drives propbench: each job returns its objective, and the shipped
+conf/hparams_search/tanh_edge_of_chaos.yaml finds the edge of chaos that mean-field theory
+predicts. Needs the optional extra: pip install 'propbench[optuna]'."""
+
+import pytest
+import yaml
+
+from propbench import theory
+from tests.conftest import cli
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+
+def test_optuna_finds_the_critical_sigma_w2_of_a_tanh_net(tmp_path):
+    folder = tmp_path / "search"
+    proc = cli("+hparams_search=tanh_edge_of_chaos", "hydra.sweeper.n_trials=20", "depth=20",
+               "width=128", "batch_size=64", f"hydra.sweep.dir={folder}", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    best = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    critical = theory.critical_sigma_w2("tanh", 0.05)  # chi_1 = 1: 1.76
+    # 20 layers: |log10 ratio| ~ 20 |log10 chi_1|, and chi_1 changes by ~0.57 per unit of
+    # sigma_w^2 near the edge, so 0.15 off the critical value costs ~0.7 decades
+    assert best["best_params"]["init.sigma_w2"] == pytest.approx(critical, abs=0.15)
+    assert best["best_value"] < 0.7
+    assert "20 jobs: 20 ok" in proc.stdout  # every trial aggregated like a sweep's job
