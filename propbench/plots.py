@@ -43,16 +43,17 @@ def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = Tru
     if log_y:
         ax.set_yscale("log")
         low, high = ax.get_ylim()
-        if low > 0 and np.log10(high / low) < MIN_DECADES:
+        if low > 0 and np.log10(high) - np.log10(low) < MIN_DECADES:
             centre = np.sqrt(low * high)
             low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
         if legend and low > 0:  # the top third is the legend's: the data stay below it
             rows = -(-len(labels) // (2 if len(labels) > 3 else 1))
-            high = high * (high / low) ** (0.12 * rows + 0.1)
+            span = np.log10(high) - np.log10(low)
+            high = 10 ** min(np.log10(high) + span * (0.12 * rows + 0.1), np.log10(LOG_RANGE[1]))
         set_log_limits(ax, low, high)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole layers
     ax.grid(True, which="major", alpha=0.3)
     if legend:
         ax.legend(fontsize=8, loc="upper right", ncol=2 if len(labels) > 3 else 1)
@@ -142,6 +143,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
     drawn = theory_drawn = False
     title, prefix = PANELS[quantity]
+    shown_values = []  # what the y range must hold (matplotlib's own autoscale overflows near 1e300)
     for site in sites:
         by_layer = rows[rows["site"] == site].groupby("layer")["var"]
         stats = by_layer.agg(["mean", "min", "max"]).reset_index()
@@ -151,9 +153,12 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
         label, colour = SITE_STYLE[site]
         ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker=marker,
                 markersize=3, lw=1.5, label=prefix + label)
+        shown_values.append(stats["mean"][ok].to_numpy())
         if several_trials:
             ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
                             color=colour, alpha=0.2, lw=0)
+            band = stats[["min", "max"]][ok].to_numpy().ravel()
+            shown_values.append(band[np.isfinite(band) & (band > 0)])
         if "theory" in rows.columns:  # beside the measurement: where it is on the axis too
             predicted = rows[rows["site"] == site].groupby("layer")["theory"].first()
             shown = (np.isfinite(predicted.to_numpy()) & (predicted.to_numpy() > 0)
@@ -161,6 +166,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
             if shown.any():
                 ax.plot(predicted.index[shown], predicted.to_numpy()[shown], color=colour,
                         ls="--", lw=1.2, alpha=0.9)
+                shown_values.append(predicted.to_numpy()[shown])
                 theory_drawn = True
     if theory_drawn:
         ax.plot([], [], color="grey", ls="--", lw=1.2, label="mean-field theory (dashed)")
@@ -168,8 +174,17 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     if not drawn:
         ax.text(0.5, 0.5, "no finite, non-zero variance to show", transform=ax.transAxes,
                 ha="center", va="center", color="grey")
-    ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
+        ax.set_ylim(0.1, 10)
+    else:
+        values = np.concatenate(shown_values)
+        ax.set_ylim(max(values.min(), LOG_RANGE[0]) / 2, min(values.max(), LOG_RANGE[1]) * 2)
+    set_layer_limits(ax, depth)
     return format_axes(ax, title, "layer (block index)", "variance (log scale)")
+
+
+def set_layer_limits(ax: Any, depth: int) -> None:
+    """x from layer 1 to ``depth``; half a layer of margin where each layer has a marker."""
+    ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
 
 
 def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
@@ -193,6 +208,7 @@ def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
             ax.plot(predicted.index, predicted.to_numpy(), color=colour, ls="--", lw=1.2,
                     label="c-map (mean-field theory)")
     ax.set_ylim(min(-0.05, float(rows["mean"].min()) - 0.05) if len(rows) else -0.05, 1.05)
+    set_layer_limits(ax, int(rows["layer"].max()) if len(rows) else 1)
     return format_axes(ax, "Correlation of input pairs", "layer (block index)",
                        "mean cosine similarity", log_y=False)
 
@@ -222,8 +238,8 @@ def _save(figure: Any, path: Any, dpi: int) -> None:
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
 
 
-def save_propagation(frame: pd.DataFrame, path: Any) -> None:
-    """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
+def propagation_figure(frame: pd.DataFrame) -> Any:
+    """:func:`plot_propagation` on a new matplotlib Figure (no pyplot)."""
     from matplotlib.figure import Figure
 
     panels = 3 if (frame["quantity"] == "correlation").any() else 2
@@ -232,7 +248,12 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     figure.subplots_adjust(left=0.07 / panels * 2, right=0.975, bottom=0.11, top=0.86,
                            wspace=0.22)
     plot_propagation(frame, figure.subplots(1, panels))
-    _save(figure, path, dpi=110)
+    return figure
+
+
+def save_propagation(frame: pd.DataFrame, path: Any) -> None:
+    """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
+    _save(propagation_figure(frame), path, dpi=110)
 
 
 # --- sweeps -----------------------------------------------------------------------------
@@ -317,14 +338,15 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
                     extent[quantity][1] = max(extent[quantity][1], values_shown.max())
             where = f"act={row_value}: " if row_by == "act" else (
                 f"{row_by}={row_value}: " if row_by else "")
+            ax.set_ylim(0.1, 10)  # for now (matplotlib's autoscale overflows near 1e300)
             format_axes(ax, where + SIGNAL_LABELS[quantity], "layer (block index)",
                         "variance (log scale)", legend=False)
-            ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
+            set_layer_limits(ax, depth)
     for column, quantity in enumerate(PANELS):  # one y range per column
         low, high = extent[quantity]
         if np.isfinite(low) and np.isfinite(high):
-            low, high = low / 3, high * 3
-            if np.log10(high / low) < MIN_DECADES:
+            low, high = max(low, LOG_RANGE[0]) / 3, min(high, LOG_RANGE[1]) * 3
+            if np.log10(high) - np.log10(low) < MIN_DECADES:
                 centre = np.sqrt(low * high)
                 low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
         else:
@@ -334,13 +356,15 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
             low, high = 0.1, 10.0
         for ax in axes[:, column]:
             set_log_limits(ax, low, high)
-    handles = [axes[0, 0].plot([], [], color=colours[label], lw=1.5)[0] for label in labels]
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[label], lw=1.5) for label in labels]
     names = list(labels)
     if theory_drawn:
-        handles.append(axes[0, 0].plot([], [], color="grey", ls="--", lw=1.1)[0])
+        handles.append(Line2D([], [], color="grey", ls="--", lw=1.1))
         names.append("mean-field theory (dashed)")
     if exits:
-        handles.append(axes[0, 0].plot([], [], "x", color="grey", markersize=9, mew=2)[0])
+        handles.append(Line2D([], [], ls="", marker="x", color="grey", markersize=9, mew=2))
         names.append("last value before the signal left float range")
     axes[0, 0].figure.legend(handles, names, loc="outside lower center", fontsize=9,
                              ncol=min(len(names), 3 if len(labels) > 4 else 4), frameon=False)
@@ -481,23 +505,33 @@ def _width_text(width: int, depth: int, config: Optional[dict[str, Any]]) -> str
 def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                        swept: Sequence[str] = (), config: Optional[dict[str, Any]] = None
                        ) -> list[Any]:
-    """One grid and one heatmap per depth, written into the sweep folder without pyplot.
+    """The :func:`sweep_figures`, written into the sweep folder; their paths."""
+    from pathlib import Path
+
+    paths = []
+    for name, figure in sweep_figures(frame, table, swept, config).items():
+        paths.append(Path(folder) / name)
+        _save(figure, paths[-1], dpi=100)
+    return paths
+
+
+def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str] = (),
+                  config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """File name -> matplotlib Figure (no pyplot): one grid and one heatmap per depth, or one
+    phase diagram per depth for a (sigma_w2, sigma_b2) plane.
 
     Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
     than act and depth, or by the init if none does; when those do not already tell the
     activation apart, the grid has a row per activation. ``config``: one job's config
     (its summary's), for what the frame's columns do not say (a CNN's channel growth)."""
-    from pathlib import Path
-
     from matplotlib.figure import Figure
 
-    folder = Path(folder)
     jobs = frame.groupby("job")[["act", "init", "depth"]].first()
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
     line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
     phase = all(k in swept for k in PHASE_KEYS) and table["act"].nunique() == 1
-    paths = []
+    figures = {}
     for depth, rows in frame.groupby("depth"):
         first = rows.iloc[0]
         size = f"depth {depth} \u00b7 {_width_text(int(first['width']), int(depth), config)}"
@@ -507,8 +541,7 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                 plot_phase_diagram(table[table["depth"] == depth], first["act"], quantity, ax)
             figure.suptitle(f"{first['model']} \u00b7 act={first['act']} \u00b7 init=scaled "
                             f"\u00b7 {size} \u00b7 {_trials_text(rows, 'variances')}")
-            paths.append(folder / f"phase_depth{depth}.png")
-            _save(figure, paths[-1], dpi=100)
+            figures[f"phase_depth{depth}.png"] = figure
             continue
         jobs_here = table[table["depth"] == depth]
         act_per_line = jobs_here.groupby(line_by, observed=True)["act"].nunique().max() == 1
@@ -520,8 +553,7 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
         plot_sweep_grid(rows, line_by, grid.subplots(n_rows, 2, squeeze=False), row_by=row_by)
         grid.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
                       f"\u00b7 {_trials_text(rows)}")
-        paths.append(folder / f"grid_depth{depth}.png")
-        _save(grid, paths[-1], dpi=100)
+        figures[f"grid_depth{depth}.png"] = grid
 
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
         if row_by is None:
@@ -533,6 +565,5 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
             for ax, quantity in zip(heat.subplots(1, 2), PANELS):
                 plot_ratio_heatmap(jobs_here, quantity, line_by, ax=ax, bound=bound)
         heat.suptitle(f"{first['model']} \u00b7 {size} \u00b7 {_trials_text(rows, 'variances')}")
-        paths.append(folder / f"heatmap_depth{depth}.png")
-        _save(heat, paths[-1], dpi=100)
-    return paths
+        figures[f"heatmap_depth{depth}.png"] = heat
+    return figures
