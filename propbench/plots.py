@@ -46,17 +46,21 @@ def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = Tru
         if low > 0 and np.log10(high) - np.log10(low) < MIN_DECADES:
             centre = np.sqrt(low * high)
             low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
+        place = "upper right"
         if legend and low > 0:  # the top third is the legend's: the data stay below it
             rows = -(-len(labels) // (2 if len(labels) > 3 else 1))
             span = np.log10(high) - np.log10(low)
-            high = 10 ** min(np.log10(high) + span * (0.12 * rows + 0.1), np.log10(LOG_RANGE[1]))
+            top = np.log10(high) + span * (0.12 * rows + 0.1)
+            if top > np.log10(LOG_RANGE[1]):  # no room above float's range: the emptiest corner
+                place = "best"
+            high = 10 ** min(top, np.log10(LOG_RANGE[1]))
         set_log_limits(ax, low, high)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole layers
     ax.grid(True, which="major", alpha=0.3)
     if legend:
-        ax.legend(fontsize=8, loc="upper right", ncol=2 if len(labels) > 3 else 1)
+        ax.legend(fontsize=8, loc=place if log_y else "best", ncol=2 if len(labels) > 3 else 1)
     return ax
 
 
