@@ -1,17 +1,23 @@
 # propbench: `make run` and `make test` install what is missing into .venv first.
+# Any Python 3.10-3.13: `make run PYTHON=python3.12`; its pins are constraints/py3.12.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+CONSTRAINTS := constraints/py$(PYVER).txt
 
-.PHONY: install run test test-all figures experiments bench gpu-wheels gpu-check clean
+.PHONY: install run test test-all test-oldest figures experiments bench gpu-wheels gpu-check clean lock check-install
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with the pinned versions
+constraints/py%.txt:
+	@echo "propbench: no pinned versions for Python '$*' ($(PYTHON)); it supports 3.10-3.13: make ... PYTHON=python3.12" >&2; exit 2
+
+install: $(STAMP)  ## create .venv with the pinned versions of constraints/py<X.Y>.txt
 
 run: install  ## the main job: a 50-block PReLU MLP with the PReLU-aware Kaiming init
 	$(PY) -m propbench depth=50 init=kaiming act=prelu
@@ -56,5 +62,19 @@ GPU_OUT ?= results/gpu-check
 gpu-check:  ## on a CUDA machine (no .venv needed): CUDA tests, GPU benchmark, CLI vs CPU; < 8 min
 	bash .ci/gpu-check $(GPU_OUT)
 
+OLDEST_PYTHON ?= python3.10
+test-oldest:  ## the quick suite at pyproject.toml's floors (constraints/oldest.txt), in .venv-oldest
+	rm -rf .venv-oldest
+	$(OLDEST_PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install --quiet -c constraints/oldest.txt -e '.[test]'
+	.venv-oldest/bin/python -m pytest -q
+
+lock:  ## re-resolve constraints/py<X.Y>.txt for $(PYTHON) from the public index (torch stays)
+	tools/lock.sh $(PYTHON) $(wildcard $(CONSTRAINTS))
+
+PYTHONS ?= python3.10 python3.11 python3.12 python3.13
+check-install:  ## per interpreter: fresh clone, fresh venv, `make run` and `make test`; a table row each
+	tools/check_install.sh $(PYTHONS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-oldest build *.egg-info .pytest_cache

@@ -11,8 +11,9 @@ do not pay for torch or matplotlib until they are used:
 - :func:`run` -- a config's trials as a :class:`RunResult`: ``.frame``, the tidy frame, and
   ``.summary``, its verdicts and theory (optionally writing a run folder);
 - :func:`load` -- the frame of a run or sweep folder; :func:`summarize` -- its verdict;
-- :func:`aggregate` -- a sweep folder's tables and figures (what ``propbench.report`` does);
-  :func:`load_sweep` -- its table, one row per job;
+- :func:`run_sweep` -- a sweep from Python, as ``python -m propbench -m`` runs it;
+  :func:`aggregate` -- a sweep folder's (or a folder of run folders') tables and figures
+  (what ``propbench.report`` does); :func:`load_sweep` -- its table, one row per job;
 - :func:`predict`, :func:`depth_scales`, :func:`critical_sigma_w2`, :func:`auto_gain` --
   the mean-field theory (:mod:`propbench.theory`);
 - :func:`jacobian_spectrum` -- singular values of the input-output Jacobian at chosen layers
@@ -33,8 +34,8 @@ _API = {
     "settings": "propbench.config",
     "PropbenchConfig": "propbench.config",
     "build_model": "propbench.models",
-    "probe": "propbench.probes",
-    "probe_trials": "propbench.probes",
+    "probe": "propbench.frames",
+    "probe_trials": "propbench.frames",
     "stack": "propbench.stacked",
     "run": "propbench.runner",
     "RunResult": "propbench.runner",
@@ -57,6 +58,7 @@ _API = {
     "plot_ratio_heatmap": "propbench.plots",
     "plot_phase_diagram": "propbench.plots",
     "aggregate": "propbench.sweep",
+    "run_sweep": "propbench.sweep",
     "load_sweep": "propbench.sweep",
 }
 __all__ = [*_API, "__version__"]
@@ -67,12 +69,12 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from propbench.plots import (plot_correlation, plot_phase_diagram, plot_propagation,
                                  plot_ratio_heatmap, plot_singular_values, plot_spread,
                                  plot_sweep_grid, plot_variance)
-    from propbench.probes import probe, probe_trials
+    from propbench.frames import probe, probe_trials
     from propbench.results import load, load_spectrum
     from propbench.runner import RunResult, run
     from propbench.spectrum import Spectrum, jacobian_spectrum
     from propbench.stacked import stack
-    from propbench.sweep import aggregate, load_sweep
+    from propbench.sweep import aggregate, load_sweep, run_sweep
     from propbench.theory import (auto_gain, critical_sigma_w2, depth_scales, predict,
                                   spectrum_moments)
     from propbench.verdict import summarize

@@ -179,7 +179,7 @@ def _checkable(argv: list[str]) -> bool:
     )
 
 
-def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
+def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -233,27 +233,30 @@ def _warn_range(summary: dict[str, Any]) -> None:
         log.warning(warning)
 
 
-def _sweep_job(job: Any, hydra_cfg: Any) -> None:
+def _sweep_job(job: Any, hydra_cfg: Any) -> float:
     """One job of a sweep: never raises, so the other jobs run; a failure is recorded in
-    the job's error.json and counted when the sweep is aggregated."""
+    the job's error.json and counted when the sweep is aggregated. Returns the job's
+    ``objective`` for Hydra's sweeper (verdict.objective; NaN for a failed job)."""
     import traceback
     from pathlib import Path
 
     from propbench.results import write_error
     from propbench.runner import run
     from propbench.sweep import progress
-    from propbench.verdict import SIGNALS
+    from propbench.verdict import SIGNALS, objective
 
     from propbench.errors import ResultsError
 
     _Interrupt.check()
     folder = Path(hydra_cfg.runtime.output_dir)
+    value = float("nan")
     overrides = " ".join(hydra_cfg.overrides.task)
     try:
         result = run(job, folder)
         summary = result.summary
         outcome = ", ".join(f"{q} {summary[q]['verdict']}" for q in SIGNALS if q in summary)
         outcome += " (kept: resume=true)" if result.resumed else ""
+        value = objective(summary, summary["config"]["objective"])
         _warn_range(summary)
     except Exception as err:  # noqa: BLE001 -- any failure of one job is that job's result
         _Interrupt.check()
@@ -265,6 +268,7 @@ def _sweep_job(job: Any, hydra_cfg: Any) -> None:
                 outcome += f" (error.json not written: {write_err.strerror or write_err})"
     done, total, timing = progress(Path(hydra_cfg.sweep.dir))
     log.info(f"[{done}/{total or '?'}] job {hydra_cfg.job.num} ({overrides}): {outcome}{timing}")
+    return value
 
 
 def _finish() -> None:
@@ -331,9 +335,9 @@ def _main(argv: list[str]) -> None:
         except PropbenchError as err:
             fail(str(err))
 
-    def task(cfg: Any) -> None:
+    def task(cfg: Any) -> Optional[float]:
         logging.raiseExceptions = False  # also in a launcher's worker process
-        _task(cfg, ready)
+        return _task(cfg, ready)
 
     if not checked:  # Hydra's flags, or HYDRA_FULL_ERROR: Hydra reports as it does
         hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()

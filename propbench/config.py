@@ -34,6 +34,8 @@ DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 InputKind = Enum("InputKind", {v: v for v in ("normal", "tokens")}, module=__name__)
 SpectrumMethod = Enum("SpectrumMethod", {v: v for v in ("auto", "exact", "estimate")},
                       module=__name__)
+# what a sweep job returns to Hydra's sweeper (verdict.objective): |log10 r| of that signal
+Objective = Enum("Objective", {v: v for v in ("gradient", "activation", "both")}, module=__name__)
 
 
 def _at_least(key: str, value: int, low: int) -> None:
@@ -303,6 +305,9 @@ class PropbenchConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # model=custom only
     spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)  # Jacobian singular values
     quiet: bool = False  # only warnings and errors on the console (propbench.logs)
+    # the number each job returns to Hydra's sweeper (an optimizing one such as Optuna
+    # minimizes it): |log10 r| of the gradient, the activation, or the larger of the two
+    objective: Objective = Objective.gradient
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=NAME
 
     def __post_init__(self) -> None:

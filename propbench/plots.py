@@ -19,38 +19,79 @@ SITE_STYLE = {  # site -> (label, colour)
     "block": ("block output (the stream between blocks)", "C4"),
     "weight": ("weight", "C3"),
 }
+# The backward signal is the gradient of L = <output, cotangent> (a standard-normal cotangent)
 PANELS = {  # quantity -> (panel title, label prefix)
     "activation": ("Forward: activation variance", ""),
-    "gradient": ("Backward: gradient variance", "\u2202/\u2202 "),
+    "gradient": ("Backward: gradient variance", "\u2202L/\u2202 "),
 }
 
 
 MIN_DECADES = 2.0  # a log axis spans at least this much, so flat lines look flat
 
 
-def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = True) -> Any:
+def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = True,
+                legend: bool = True) -> Any:
     """The one formatting helper: title, labelled axes, log y (at least MIN_DECADES tall,
-    so finite-width wiggles of a stable signal do not look like a trend), light grid,
-    legend if anything is labelled."""
+    so finite-width wiggles of a stable signal do not look like a trend, with ticks at
+    evenly spaced decades), light grid, and the legend if anything is labelled, above the
+    data: a log axis gets headroom for it, so it never covers a line."""
     # a fixed y: matplotlib otherwise measures every tick label to place the title (~0.1 s)
     ax.set_title(title, fontsize=11, y=1.0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    handles, labels = ax.get_legend_handles_labels()
+    legend = legend and bool(handles)
     if log_y:
         ax.set_yscale("log")
-        from matplotlib.ticker import LogLocator, NullFormatter
-
-        # minor ticks at 2 and 5 only: eight per decade cost a quarter of the figure's time
-        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.yaxis.set_minor_formatter(NullFormatter())
         low, high = ax.get_ylim()
-        if low > 0 and np.log10(high / low) < MIN_DECADES:
+        if low > 0 and np.log10(high) - np.log10(low) < MIN_DECADES:
             centre = np.sqrt(low * high)
-            ax.set_ylim(centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2))
+            low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
+        place = "upper right"
+        if legend and low > 0:  # the top third is the legend's: the data stay below it
+            rows = -(-len(labels) // (2 if len(labels) > 3 else 1))
+            span = np.log10(high) - np.log10(low)
+            top = np.log10(high) + span * (0.12 * rows + 0.1)
+            if top > np.log10(LOG_RANGE[1]):  # no room above float's range: the emptiest corner
+                place = "best"
+            high = 10 ** min(top, np.log10(LOG_RANGE[1]))
+        set_log_limits(ax, low, high)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole layers
     ax.grid(True, which="major", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
+    if legend:
+        ax.legend(fontsize=8, loc=place if log_y else "best", ncol=2 if len(labels) > 3 else 1)
     return ax
+
+
+LOG_RANGE = (1e-300, 1e300)  # ticks beyond these step out of float64
+
+
+def set_log_limits(ax: Any, low: float, high: float) -> None:
+    """Log y limits with major ticks at every 1, 2, 5, 10, 20, 50 or 100 decades -- whichever
+    gives at most 8 -- so the labels read 10^0, 10^-20, 10^-40, never 10^7, 10^-6, 10^-19."""
+    from matplotlib.ticker import FixedLocator, LogLocator, NullLocator
+
+    low, high = max(low, LOG_RANGE[0]), min(high, LOG_RANGE[1])
+    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
+        low, high = 0.1, 10.0
+    ax.set_ylim(low, high)
+    first, last = np.log10(low), np.log10(high)
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200) if (last - first) / s <= 8)
+    decades = np.arange(np.ceil(first / step) * step, last + 1e-9, step)
+    ax.yaxis.set_major_locator(FixedLocator(10.0 ** decades))
+    # minor ticks at 2 and 5 when decades are labelled one by one, else at every decade
+    # (eight per decade cost a quarter of the figure's time)
+    if step == 1:
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    elif (last - first) <= 60:
+        ax.yaxis.set_minor_locator(FixedLocator(10.0 ** np.arange(np.ceil(first), last + 1e-9)))
+    else:
+        ax.yaxis.set_minor_locator(NullLocator())
+    from matplotlib.ticker import NullFormatter
+
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def config_title(frame: pd.DataFrame) -> str:
@@ -118,6 +159,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
     drawn = theory_drawn = False
     title, prefix = PANELS[quantity]
+    shown_values = []  # what the y range must hold (matplotlib's own autoscale overflows near 1e300)
     for site in sites:
         by_layer = rows[rows["site"] == site].groupby("layer")["var"]
         stats = by_layer.agg(["mean", "min", "max"]).reset_index()
@@ -127,9 +169,12 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
         label, colour = SITE_STYLE[site]
         ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker=marker,
                 markersize=3, lw=1.5, label=prefix + label)
+        shown_values.append(stats["mean"][ok].to_numpy())
         if several_trials:
             ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
                             color=colour, alpha=0.2, lw=0)
+            band = stats[["min", "max"]][ok].to_numpy().ravel()
+            shown_values.append(band[np.isfinite(band) & (band > 0)])
         if "theory" in rows.columns:  # beside the measurement: where it is on the axis too
             predicted = rows[rows["site"] == site].groupby("layer")["theory"].first()
             shown = (np.isfinite(predicted.to_numpy()) & (predicted.to_numpy() > 0)
@@ -137,18 +182,25 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
             if shown.any():
                 ax.plot(predicted.index[shown], predicted.to_numpy()[shown], color=colour,
                         ls="--", lw=1.2, alpha=0.9)
+                shown_values.append(predicted.to_numpy()[shown])
                 theory_drawn = True
     if theory_drawn:
         ax.plot([], [], color="grey", ls="--", lw=1.2, label="mean-field theory (dashed)")
     _mark_range_exits(ax, frame, quantity)
-    shown = rows["var"][np.isfinite(rows["var"]) & (rows["var"] > 0)]
-    if len(shown) and shown.max() > 1e250:  # log ticks above that step out of float64
-        ax.set_ylim(max(shown.min() / 10, 1e-300), 1e250)
     if not drawn:
         ax.text(0.5, 0.5, "no finite, non-zero variance to show", transform=ax.transAxes,
                 ha="center", va="center", color="grey")
-    ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
+        ax.set_ylim(0.1, 10)
+    else:
+        values = np.concatenate(shown_values)
+        ax.set_ylim(max(values.min(), LOG_RANGE[0]) / 2, min(values.max(), LOG_RANGE[1]) * 2)
+    set_layer_limits(ax, depth)
     return format_axes(ax, title, "layer (block index)", "variance (log scale)")
+
+
+def set_layer_limits(ax: Any, depth: int) -> None:
+    """x from layer 1 to ``depth``; half a layer of margin where each layer has a marker."""
+    ax.set_xlim(0.5 if depth <= 30 else 0, depth + (0.5 if depth <= 30 else 0))
 
 
 def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
@@ -172,6 +224,7 @@ def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
             ax.plot(predicted.index, predicted.to_numpy(), color=colour, ls="--", lw=1.2,
                     label="c-map (mean-field theory)")
     ax.set_ylim(min(-0.05, float(rows["mean"].min()) - 0.05) if len(rows) else -0.05, 1.05)
+    set_layer_limits(ax, int(rows["layer"].max()) if len(rows) else 1)
     return format_axes(ax, "Correlation of input pairs", "layer (block index)",
                        "mean cosine similarity", log_y=False)
 
@@ -201,8 +254,8 @@ def _save(figure: Any, path: Any, dpi: int) -> None:
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
 
 
-def save_propagation(frame: pd.DataFrame, path: Any) -> None:
-    """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
+def propagation_figure(frame: pd.DataFrame) -> Any:
+    """:func:`plot_propagation` on a new matplotlib Figure (no pyplot)."""
     from matplotlib.figure import Figure
 
     panels = 3 if (frame["quantity"] == "correlation").any() else 2
@@ -211,13 +264,18 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     figure.subplots_adjust(left=0.07 / panels * 2, right=0.975, bottom=0.11, top=0.86,
                            wspace=0.22)
     plot_propagation(frame, figure.subplots(1, panels))
-    _save(figure, path, dpi=110)
+    return figure
+
+
+def save_propagation(frame: pd.DataFrame, path: Any) -> None:
+    """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
+    _save(propagation_figure(frame), path, dpi=110)
 
 
 # --- sweeps -----------------------------------------------------------------------------
 
 SIGNAL_LABELS = {"activation": "post-activation variance",
-                 "gradient": "\u2202/\u2202 pre-activation variance"}
+                 "gradient": "variance of \u2202L/\u2202(pre-activation)"}
 
 
 def _label(keys: Sequence[str], values: Any) -> str:
@@ -225,26 +283,107 @@ def _label(keys: Sequence[str], values: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
 
 
+def _signal_lines(rows: pd.DataFrame, quantity: str) -> tuple[pd.Series, Optional[pd.Series]]:
+    """The measured variance per layer (mean over trials) of one job's signal, and the
+    theory's where it has one."""
+    site = SIGNALS[quantity][0]
+    var = layer_variance(rows, quantity, site)
+    predicted = None
+    if "theory" in rows.columns:
+        chosen = rows[(rows["quantity"] == quantity) & (rows["site"] == site) & (rows["layer"] >= 1)]
+        predicted = chosen.groupby("layer")["theory"].first()
+        if not predicted.notna().any():
+            predicted = None
+    return var, predicted
+
+
+def _positive(values: pd.Series) -> np.ndarray:
+    array = values.to_numpy(dtype=float)
+    return np.isfinite(array) & (array > 0)
+
+
 def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
-                    axes: Optional[Any] = None) -> Any:
-    """Rows: activation; columns: activation and gradient variance; one line per value of
-    ``line_by`` (default: the init); x = layer, log y. ``frame`` is a sweep's (one depth)."""
-    acts = list(dict.fromkeys(frame["act"]))
+                    axes: Optional[Any] = None, row_by: Optional[str] = None) -> Any:
+    """Forward (left) and backward (right) variance against layer of a sweep's jobs (one
+    depth), one line per value of ``line_by`` (mean over trials), the mean-field theory
+    dashed in the line's colour, a cross where a signal left float range (overflow to
+    inf/NaN, or underflow to 0). All lines overlay in one row of panels; with ``row_by``
+    (e.g. ``"act"``) each of its values gets a row. The rows of a column share their y range,
+    so they compare at a glance. One legend for the figure, below the panels."""
+    row_values = list(dict.fromkeys(frame[row_by])) if row_by else [None]
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(len(acts), 2, figsize=(11, 3.2 * len(acts)), squeeze=False,
-                               layout="constrained")
-    for row, act in zip(axes, acts):
-        rows = frame[frame["act"] == act]
+        _, axes = plt.subplots(len(row_values), 2, figsize=(12, 3.4 * len(row_values) + 1.2),
+                               squeeze=False, layout="constrained")
+    axes = np.asarray(axes).reshape(len(row_values), 2)
+    labels = [_label(line_by, v) for v in
+              frame[list(line_by)].drop_duplicates().sort_values(list(line_by)).itertuples(index=False)]
+    palette = "tab10" if len(labels) <= 10 else "tab20"
+    from matplotlib import colormaps
+
+    colours = {label: colormaps[palette](i % 20) for i, label in enumerate(labels)}
+    depth = int(frame["layer"].max())
+    marker = "o" if depth <= 30 else None
+    extent = {quantity: [np.inf, -np.inf] for quantity in PANELS}
+    exits = theory_drawn = False
+    for row, row_value in zip(axes, row_values):
+        rows = frame if row_by is None else frame[frame[row_by] == row_value]
         for ax, quantity in zip(row, PANELS):
-            site = SIGNALS[quantity][0]
-            for values, group in rows.groupby(list(line_by), sort=True):
-                var = layer_variance(group, quantity, site)
-                ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
-                ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, label=_label(line_by, values))
-            format_axes(ax, f"act={act}: {SIGNAL_LABELS[quantity]}", "layer (block index)",
-                        "variance (log scale)")
+            for values, group in rows.groupby(list(line_by), sort=True, observed=True):
+                label = _label(line_by, values)
+                var, predicted = _signal_lines(group, quantity)
+                ok = _positive(var)
+                ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, color=colours[label],
+                        marker=marker, markersize=3, label=label)
+                shown = [var.to_numpy()[ok]]
+                if predicted is not None:
+                    good = _positive(predicted)
+                    ax.plot(predicted.index[good], predicted.to_numpy()[good], lw=1.1, ls="--",
+                            color=colours[label], alpha=0.8)
+                    shown.append(predicted.to_numpy()[good])
+                    theory_drawn = theory_drawn or bool(good.any())
+                if not ok.all() and ok.any():  # it left float range: mark the last value
+                    last = int(np.nonzero(ok)[0][-1 if SIGNALS[quantity][1] else 0])
+                    ax.plot(var.index[last], var.iloc[last], "x", color=colours[label],
+                            markersize=9, mew=2)
+                    exits = True
+                values_shown = np.concatenate(shown)
+                if values_shown.size:
+                    extent[quantity][0] = min(extent[quantity][0], values_shown.min())
+                    extent[quantity][1] = max(extent[quantity][1], values_shown.max())
+            where = f"act={row_value}: " if row_by == "act" else (
+                f"{row_by}={row_value}: " if row_by else "")
+            ax.set_ylim(0.1, 10)  # for now (matplotlib's autoscale overflows near 1e300)
+            format_axes(ax, where + SIGNAL_LABELS[quantity], "layer (block index)",
+                        "variance (log scale)", legend=False)
+            set_layer_limits(ax, depth)
+    for column, quantity in enumerate(PANELS):  # one y range per column
+        low, high = extent[quantity]
+        if np.isfinite(low) and np.isfinite(high):
+            low, high = max(low, LOG_RANGE[0]) / 3, min(high, LOG_RANGE[1]) * 3
+            if np.log10(high) - np.log10(low) < MIN_DECADES:
+                centre = np.sqrt(low * high)
+                low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
+        else:
+            for ax in axes[:, column]:
+                ax.text(0.5, 0.5, "no finite, non-zero variance to show", color="grey",
+                        transform=ax.transAxes, ha="center", va="center")
+            low, high = 0.1, 10.0
+        for ax in axes[:, column]:
+            set_log_limits(ax, low, high)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[label], lw=1.5) for label in labels]
+    names = list(labels)
+    if theory_drawn:
+        handles.append(Line2D([], [], color="grey", ls="--", lw=1.1))
+        names.append("mean-field theory (dashed)")
+    if exits:
+        handles.append(Line2D([], [], ls="", marker="x", color="grey", markersize=9, mew=2))
+        names.append("last value before the signal left float range")
+    axes[0, 0].figure.legend(handles, names, loc="outside lower center", fontsize=9,
+                             ncol=min(len(names), 3 if len(labels) > 4 else 4), frameon=False)
     return axes
 
 
@@ -288,7 +427,7 @@ def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
         verdicts = rows.groupby("_row", sort=False)[[f"{q}_verdict" for q in PANELS]].first()
         labels = list(PANELS)
     else:
-        keyed = rows.groupby(["_row", column], sort=False)
+        keyed = rows.groupby(["_row", column], sort=False, observed=True)
         grid = keyed[f"{quantity}_log10_ratio"].first().unstack(column)
         verdicts = keyed[f"{quantity}_verdict"].first().unstack(column)
         labels = [f"{column}={c}" for c in grid.columns]
@@ -310,7 +449,7 @@ def plot_ratio_heatmap(table: pd.DataFrame, quantity: str = "activation",
     ax.set_xticks(range(len(labels)), labels=labels, rotation=30 if column else 0,
                   ha="right" if column else "center")
     ax.set_yticks(range(grid.shape[0]), labels=list(grid.index))
-    _ratio_colorbar(ax, image, bound, "log10 ratio (0 = preserved, \u00b11 = verdict)")
+    _ratio_colorbar(ax, image, bound, "log10 ratio (0: preserved)")
     ax.set_title("log10 ratio of the end-to-end variance" if column is None else
                  f"{quantity}: {SIGNAL_LABELS[quantity]}, end to end", fontsize=10)
     return ax
@@ -353,7 +492,7 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
     sigma_b2 = np.linspace(ys.min(), ys.max(), 40)
     critical = [critical_sigma_w2(act, b, slope) for b in sigma_b2]
     ax.plot(critical, sigma_b2, color="black", lw=2, label="theory: \u03c7\u2081 = 1 (edge of chaos)")
-    _ratio_colorbar(ax, mesh, bound, f"{quantity} log10 ratio (0 = preserved)")
+    _ratio_colorbar(ax, mesh, bound, "log10 ratio (0: preserved)")
     ax.set_xlim(edges(xs)[0], edges(xs)[-1])
     ax.set_ylim(edges(ys)[0], edges(ys)[-1])
     ax.set_xlabel("\u03c3w\u00b2 (weight variance \u00d7 fan_in)")
@@ -363,57 +502,87 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
     return ax
 
 
-def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
-                       swept: Sequence[str] = ()) -> list[Any]:
-    """One grid and one heatmap per depth, written into the sweep folder without pyplot.
+def _trials_text(frame: pd.DataFrame, what: str = "lines") -> str:
+    counts = frame.groupby("job")["trial"].nunique() if "job" in frame else [frame["trial"].nunique()]
+    low, high = int(min(counts)), int(max(counts))
+    n = f"{low}" if low == high else f"{low}-{high}"
+    return f"{what}: mean over {n} trial{'s' if high > 1 else ''}"
 
-    Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
-    than act and depth, or by the init if none does."""
+
+def _width_text(width: int, depth: int, config: Optional[dict[str, Any]]) -> str:
+    """'width 256', or for a CNN whose channels grow, 'channels 8 to 256'."""
+    model = (config or {}).get("model") or {}
+    growth, every = model.get("channel_growth", 1), model.get("stage_every", 0)
+    if model.get("name") == "cnn" and growth != 1 and every:
+        return f"channels {width} to {int(width * growth ** ((depth - 1) // every))}"
+    return f"width {width}"
+
+
+def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
+                       swept: Sequence[str] = (), config: Optional[dict[str, Any]] = None
+                       ) -> list[Any]:
+    """The :func:`sweep_figures`, written into the sweep folder; their paths."""
     from pathlib import Path
 
+    paths = []
+    for name, figure in sweep_figures(frame, table, swept, config).items():
+        paths.append(Path(folder) / name)
+        _save(figure, paths[-1], dpi=100)
+    return paths
+
+
+def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str] = (),
+                  config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """File name -> matplotlib Figure (no pyplot): one grid and one heatmap per depth, or one
+    phase diagram per depth for a (sigma_w2, sigma_b2) plane.
+
+    Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
+    than act and depth, or by the init if none does; when those do not already tell the
+    activation apart, the grid has a row per activation. ``config``: one job's config
+    (its summary's), for what the frame's columns do not say (a CNN's channel growth)."""
     from matplotlib.figure import Figure
 
-    folder = Path(folder)
     jobs = frame.groupby("job")[["act", "init", "depth"]].first()
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
     line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
     phase = all(k in swept for k in PHASE_KEYS) and table["act"].nunique() == 1
-    paths = []
+    figures = {}
     for depth, rows in frame.groupby("depth"):
         first = rows.iloc[0]
+        size = f"depth {depth} \u00b7 {_width_text(int(first['width']), int(depth), config)}"
         if phase:  # a (sigma_w2, sigma_b2) plane: one phase diagram per quantity
-            figure = Figure(figsize=(13, 5), layout="constrained")
+            figure = Figure(figsize=(13, 5.2), layout="constrained")
             for ax, quantity in zip(figure.subplots(1, 2), PANELS):
                 plot_phase_diagram(table[table["depth"] == depth], first["act"], quantity, ax)
             figure.suptitle(f"{first['model']} \u00b7 act={first['act']} \u00b7 init=scaled "
-                            f"\u00b7 depth {depth} \u00b7 width {first['width']}")
-            paths.append(folder / f"phase_depth{depth}.png")
-            _save(figure, paths[-1], dpi=100)
+                            f"\u00b7 {size} \u00b7 {_trials_text(rows, 'variances')}")
+            figures[f"phase_depth{depth}.png"] = figure
             continue
-        grid = Figure(figsize=(11, 3.2 * rows["act"].nunique() + 0.6), layout="constrained")
-        plot_sweep_grid(rows, line_by, grid.subplots(rows["act"].nunique(), 2, squeeze=False))
-        grid.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
-                      f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
-        paths.append(folder / f"grid_depth{depth}.png")
-        _save(grid, paths[-1], dpi=100)
-
         jobs_here = table[table["depth"] == depth]
+        act_per_line = jobs_here.groupby(line_by, observed=True)["act"].nunique().max() == 1
+        row_by = None if act_per_line or jobs_here["act"].nunique() == 1 else "act"
+        n_rows = rows["act"].nunique() if row_by else 1
+        n_lines = len(jobs_here[line_by].drop_duplicates())
+        grid = Figure(figsize=(12, 3.6 * n_rows + 1.3 + 0.25 * ((n_lines + 2) // 3)),
+                      layout="constrained")
+        plot_sweep_grid(rows, line_by, grid.subplots(n_rows, 2, squeeze=False), row_by=row_by)
+        grid.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
+                      f"\u00b7 {_trials_text(rows)}")
+        figures[f"grid_depth{depth}.png"] = grid
+
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
-        n_rows = len(jobs_here[line_by].drop_duplicates())
-        act_per_row = jobs_here.groupby(line_by)["act"].nunique().max() == 1
-        if act_per_row or jobs_here["act"].nunique() == 1:
-            heat = Figure(figsize=(7, 1.6 + 0.4 * n_rows), layout="constrained")
+        if row_by is None:
+            heat = Figure(figsize=(7, 2.4 + 0.4 * n_lines), layout="constrained")
             plot_ratio_heatmap(jobs_here, row_by=line_by, column=None, ax=heat.subplots(),
                                bound=bound)
         else:
-            heat = Figure(figsize=(12, 2.4 + 0.45 * n_rows), layout="constrained")
+            heat = Figure(figsize=(12, 2.8 + 0.45 * n_lines), layout="constrained")
             for ax, quantity in zip(heat.subplots(1, 2), PANELS):
                 plot_ratio_heatmap(jobs_here, quantity, line_by, ax=ax, bound=bound)
-        heat.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']}")
-        paths.append(folder / f"heatmap_depth{depth}.png")
-        _save(heat, paths[-1], dpi=100)
-    return paths
+        heat.suptitle(f"{first['model']} \u00b7 {size} \u00b7 {_trials_text(rows, 'variances')}")
+        figures[f"heatmap_depth{depth}.png"] = heat
+    return figures
 
 
 # --- Jacobian spectra (spectrum.csv) -------------------------------------------------------

@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from propbench.errors import ResultsError
+from propbench.frames import CONFIG_COLUMNS, COLUMN_TYPES, OPTIONAL_COLUMN_TYPES, typed  # noqa: F401
 
 STATS = "stats.csv"
+STATS_PARQUET = "stats.parquet"  # beside stats.csv when pyarrow is installed
 SUMMARY = "summary.json"
 FIGURE = "propagation.png"
 ERROR = "error.json"  # a sweep job that failed: its error instead of a summary
@@ -35,19 +37,8 @@ SWEEP_CSV = "sweep.csv"
 SPECTRUM = "spectrum.csv"  # spectrum=true: one row per (trial, example, layer)
 SPECTRUM_FIGURE = "spectrum.png"
 LOCK = ".propbench.lock"  # held (flock) by the process writing into a run or sweep folder
-RESULT_FILES = [STATS, FIGURE, SPECTRUM, SPECTRUM_FIGURE]  # what an attempt writes before its summary
+RESULT_FILES = [STATS, STATS_PARQUET, FIGURE, SPECTRUM, SPECTRUM_FIGURE]  # what an attempt writes before its summary
 
-# The frame's contract: columns and their types (config columns follow these).
-COLUMN_TYPES = {
-    "trial": "int64", "layer": "int64", "module": "string", "site": "string",
-    "quantity": "string", "mean": "float64", "var": "float64", "second_moment": "float64",
-    "n": "int64", "nonfinite": "int64", "channel_mean_sq": "float64", "channel_var": "float64",
-}
-# Columns added after the first release: absent from older results, read as empty.
-OPTIONAL_COLUMN_TYPES = {
-    "theory": "float64",  # the mean-field prediction of var (empty where none applies)
-}
-CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size", "seed", "dtype"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
@@ -156,9 +147,18 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_stats(folder: Path, frame: pd.DataFrame) -> Path:
+    """stats.csv, and with pyarrow installed stats.parquet (exact floats, the dtypes kept)."""
     path = folder / STATS
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
+    if has_parquet():
+        atomic_write(folder / STATS_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False))
     return path
+
+
+def has_parquet() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
 
 
 def write_spectrum(folder: Path, frame: pd.DataFrame) -> Path:
@@ -227,6 +227,10 @@ def completed_config(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def _has_stats(folder: Path) -> bool:
+    return (folder / STATS).exists() or (folder / STATS_PARQUET).exists()
+
+
 def _stats_path(path: Path) -> Path:
     if not path.exists():
         raise ResultsError(f"{path}: no such file or folder")
@@ -238,6 +242,8 @@ def _stats_path(path: Path) -> Path:
             raise ResultsError(f"{path}: sweep not aggregated yet; run python -m propbench.report {path}")
         return sweep
     stats = path / STATS
+    if not stats.exists() and (path / STATS_PARQUET).exists():
+        stats = path / STATS_PARQUET
     if not stats.exists():
         if (path / ".hydra").exists() or (path / ERROR).exists():
             raise ResultsError(f"{path}: incomplete run (stopped or failed before {STATS})")
@@ -249,15 +255,18 @@ def _stats_path(path: Path) -> Path:
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
-    """The frame of a run folder, a sweep folder (its ``sweep.csv``: every job stacked, with
-    a ``job`` column) or a CSV file, with the contract's column types.
+    """The frame of a run folder (its ``stats.csv``, or ``stats.parquet`` alone), a sweep
+    folder (its ``sweep.csv``: every job stacked, with a ``job`` column), a CSV or a Parquet
+    file, with the contract's column types (:mod:`propbench.frames`).
 
     >>> import propbench
     >>> frame = propbench.load("results/runs/...")  # doctest: +SKIP
     """
     stats = _stats_path(Path(path))
+    if stats.suffix == ".parquet" and not has_parquet():
+        raise ResultsError(f"{stats}: reading Parquet needs pyarrow (pip install 'propbench[parquet]')")
     try:
-        frame = pd.read_csv(stats)
+        frame = pd.read_parquet(stats) if stats.suffix == ".parquet" else pd.read_csv(stats)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ResultsError(f"{stats}: not a readable CSV ({str(err).splitlines()[0]})") from None
     except OSError as err:  # a folder named stats.csv, a permission
@@ -270,7 +279,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = float("nan")
     try:
-        return frame.astype({**COLUMN_TYPES, **OPTIONAL_COLUMN_TYPES})
+        return typed(frame)
     except (ValueError, TypeError) as err:
         raise ResultsError(f"{stats}: malformed values ({str(err).splitlines()[0]})") from None
 

@@ -25,8 +25,8 @@ from propbench.logs import Progress
 from propbench.models import DTYPES, build_model, draw_inputs  # noqa: F401 (draw_inputs: API)
 from propbench.probes import probe, probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, completed_config,
-                               folder_lock, load, read_summary, start_attempt, write_spectrum,
-                               write_stats, write_summary)
+                               folder_lock, load, read_summary, start_attempt, typed,
+                               write_spectrum, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
 from propbench.verdict import summarize
@@ -137,7 +137,7 @@ def _same_run(s: PropbenchConfig, folder: Path) -> bool:
     """A complete run of the same config in ``folder``, whatever ``resume`` and
     ``trial_batch`` say (how the run is done, not what it measures)."""
     done = completed_config(folder)
-    how = {"resume": None, "trial_batch": None}
+    how = {"resume": None, "trial_batch": None, "objective": None}
     return done is not None and {**done, **how} == {**s.to_dict(), **how}
 
 
@@ -192,7 +192,7 @@ def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:
             del stacked
             frame["trial"] += trials.start
             frames.append(frame)
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # the class torch >= 2.5 also names torch.OutOfMemoryError
         raise PropbenchError(
             f"out of memory on {job.device} at depth={s.depth}, width={s.width}, "
             f"batch_size={s.batch_size}; lower one of them"
@@ -300,7 +300,7 @@ def _annotate(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.Dat
     if s.model.name == "custom":  # depth: the blocks (or layers) found
         frame["depth"] = int(frame["layer"].max()) if len(frame) else 0
     frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
-    return frame
+    return typed(frame)
 
 
 def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) -> dict[str, Any]:

@@ -23,5 +23,6 @@ def trial_seeds(seed: int, trial: int) -> Seeds:
     """Three independent 63-bit seeds for ``trial`` of a run seeded with ``seed``
     (NumPy SeedSequence spawning: distinct trials and streams never share a state)."""
     streams = np.random.SeedSequence(seed, spawn_key=(trial,)).spawn(3)
-    weights, inputs, cotangent = (int(s.generate_state(1, np.uint64)[0] >> 1) for s in streams)
+    # shifted as a Python int: under NumPy 1.x, uint64 >> int is a float operation
+    weights, inputs, cotangent = (int(s.generate_state(1, np.uint64)[0]) >> 1 for s in streams)
     return Seeds(weights, inputs, cotangent)

@@ -110,6 +110,51 @@ def read_manifest(sweep_dir: Path) -> dict[int, list[str]]:
     return jobs
 
 
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A summary's config as override strings' keys and values: a group's name under the
+    group's key (``act=relu``), its parameters dotted (``act.slope=0.25``)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if key == "experiment":
+            continue
+        if isinstance(value, dict):
+            for sub, text in _flat(value, f"{name}.").items():
+                out[name if sub == f"{name}.name" else sub] = text
+        elif value is None:
+            out[name] = "null"
+        elif isinstance(value, bool):
+            out[name] = str(value).lower()
+        else:
+            out[name] = str(value)
+    return out
+
+
+def run_folders(folder: Path) -> dict[int, tuple[str, list[str]]]:
+    """A folder of run folders (``run(cfg, out_dir=folder / NAME)``, or copied together):
+    job number (by folder name) -> (folder name, overrides), where the overrides are the
+    config keys whose values differ between the runs."""
+    runs = sorted(f for f in folder.iterdir() if f.is_dir() and ((f / SUMMARY).exists()
+                                                                  or (f / ERROR).exists()))
+    configs = []
+    for run in runs:
+        try:
+            configs.append(_flat(json.loads((run / SUMMARY).read_text()).get("config", {})))
+        except (OSError, ValueError, AttributeError):  # failed or unreadable: no config
+            configs.append({})
+    def varies(key: str) -> bool:
+        """A key differs between runs; a group's parameter (init.gain) only counts between
+        runs of the same option (every kaiming run), as the option implies its defaults."""
+        group = key.split(".")[0] if "." in key else None
+        same = [[c for c in configs if c and c.get(group) == option]
+                for option in {c.get(group) for c in configs}] if group else [configs]
+        return any(len({c.get(key) for c in runs if c}) > 1 for runs in same)
+
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if varies(k)]
+    return {job: (run.name, [f"{k}={c[k]}" for k in keys if k in c])
+            for job, (run, c) in enumerate(zip(runs, configs))}
+
+
 def job_status(folder: Path) -> tuple[str, str]:
     """(status, first line of the error) of one job folder."""
     if (folder / SUMMARY).exists():
@@ -165,27 +210,33 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     """Aggregate a finished, failed or interrupted sweep folder (see the module doc)."""
     import pandas as pd
 
-    from propbench.results import SPECTRUM, load, load_spectrum, read_summary
+    from propbench.results import SPECTRUM, load, load_spectrum, read_summary, typed
 
     folder = Path(sweep_dir)
     if not folder.is_dir():
         raise ResultsError(f"{folder}: no such sweep folder")
     jobs = read_manifest(folder)
+    names = {job: str(job) for job in jobs}
+    if not jobs:  # a folder of run(out_dir=...) results
+        runs = run_folders(folder)
+        jobs = {job: overrides for job, (_, overrides) in runs.items()}
+        names = {job: name for job, (name, _) in runs.items()}
     if not jobs:
-        raise ResultsError(f"{folder}: not a propbench sweep (no {MANIFEST} and no job folders)")
+        raise ResultsError(f"{folder}: not a propbench sweep (no {MANIFEST}, no job or run folders)")
     keys = list(dict.fromkeys(_key(o) for overrides in jobs.values() for o in overrides))
-    rows, frames, spectra = [], [], []
+    rows, frames, spectra, config = [], [], [], None
     for job, overrides in sorted(jobs.items()):
-        status, error = job_status(folder / str(job))
+        status, error = job_status(folder / names[job])
         row = {"job": job, "status": status, "error": error, "overrides": " ".join(overrides)}
         row.update({_key(o): _value(o) for o in overrides})
         if status == "ok":
             try:
-                summary, stats = read_summary(folder / str(job)), load(folder / str(job))
-            except ResultsError as err:  # a file edited or cut short by hand
+                summary, stats = read_summary(folder / names[job]), load(folder / names[job])
+            except (ResultsError, ValueError) as err:  # a file edited or cut short by hand
                 status, error = "corrupt", str(err)
                 row.update(status=status, error=error)
         if status == "ok":
+            config = config or summary.get("config")
             for quantity in SIGNALS:
                 result = summary.get(quantity, {})
                 ratio = result.get("log10_ratio")
@@ -199,11 +250,11 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                     stats[key] = row.get(key, "")
             frames.append(stats)
             spectrum = summary.get("spectrum")
-            if spectrum and (folder / str(job) / SPECTRUM).exists():
+            if spectrum and (folder / names[job] / SPECTRUM).exists():
                 row["spectrum_spread"] = spectrum["spread"]
                 row["spectrum_theory_spread"] = spectrum["theory"].get("spread", math.nan)
                 row["spectrum_verdict"] = spectrum["verdict"]
-                values = load_spectrum(folder / str(job))
+                values = load_spectrum(folder / names[job])
                 values.insert(0, "job", job)
                 for key in keys:
                     if key not in values.columns:
@@ -218,10 +269,10 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     if spectra:
         for column, fill in SPECTRUM_COLUMNS.items():
             table[column] = table[column].fillna(fill) if column in table.columns else fill
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    frame = typed(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
     report = SweepReport(folder, table, frame, claim=check_claim(folder, table),
                          spectrum=pd.concat(spectra, ignore_index=True) if spectra else None)
-    _write(report, keys, figures)
+    _write(report, keys, figures, config)
     return report
 
 
@@ -241,6 +292,63 @@ def load_sweep(sweep_dir: str | Path) -> Any:
         load(folder)  # says what the folder is: missing, not aggregated yet, a run
         raise ResultsError(f"{folder}: not a propbench sweep (no {SWEEP_SUMMARY})")
     return pd.read_csv(folder / SWEEP_SUMMARY)
+
+
+def _override_text(value: Any) -> str:
+    if isinstance(value, (list, tuple, range)):
+        return ",".join(_override_text(v) for v in value)
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def run_sweep(overrides: Any, out_dir: str | Path, launcher: Optional[str] = None,
+              quiet: bool = False) -> SweepReport:
+    """Run a sweep as ``python -m propbench -m OVERRIDES hydra.sweep.dir=OUT_DIR`` does and
+    return its :class:`SweepReport` (the folder that ``report`` and :func:`aggregate` read).
+
+    ``overrides``: a mapping from key to a value or a list of values (a list is swept), or
+    a list of override strings as on the command line. ``launcher``: ``joblib``, ``slurm``,
+    ``submitit_local`` or None (one job after the other); its settings go in the overrides
+    (``"hydra.launcher.n_jobs": 2``). The sweep runs in a child process, exactly as the
+    CLI runs it, so Hydra's global state never touches the caller's; its progress lines are
+    echoed unless ``quiet``. A bad override raises ConfigError with the CLI's one line;
+    failed jobs do not raise: they are in the report (``report.ok`` is False).
+
+    >>> import propbench
+    >>> report = propbench.run_sweep({"depth": [10, 50], "act": ["relu", "tanh"],
+    ...                               "init": "kaiming"}, "results/multirun/mine")  # doctest: +SKIP
+    >>> report.table[["act", "depth", "gradient_log10_ratio"]]  # doctest: +SKIP
+    """
+    import os
+    import subprocess
+    import sys
+
+    if isinstance(overrides, dict):
+        args = [f"{key}={_override_text(value)}" for key, value in overrides.items()]
+    else:
+        args = [str(o) for o in overrides]
+    if launcher:
+        args.append(f"hydra/launcher={launcher}")
+    folder = Path(out_dir).resolve()
+    command = [sys.executable, "-m", "propbench", "-m", *args, f"hydra.sweep.dir={folder}"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as child:
+        for line in child.stdout:
+            if not quiet:
+                print(line, end="", flush=True)
+        errors = child.stderr.read()
+    if child.returncode == 2:
+        message = next((l for l in errors.splitlines() if l.startswith("propbench: error: ")),
+                       errors.strip().splitlines()[-1] if errors.strip() else "failed")
+        raise ConfigError(message.removeprefix("propbench: error: "))
+    if not (folder / MANIFEST).exists() and not any(folder.glob("*/.hydra")):
+        raise ResultsError(f"{folder}: the sweep wrote nothing (exit {child.returncode}): "
+                           f"{first_line(errors) if errors.strip() else 'no message'}")
+    report = aggregate(folder, figures=False)  # the CLI drew them; this only reads
+    report.figures = sorted(folder.glob("*.png"))
+    return report
 
 
 def _experiment(folder: Path) -> Optional[dict[str, Any]]:
@@ -328,7 +436,8 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(report: SweepReport, keys: list[str], figures: bool) -> None:
+def _write(report: SweepReport, keys: list[str], figures: bool,
+           config: Optional[dict[str, Any]] = None) -> None:
     folder = report.folder
     if len(report.frame):
         atomic_write(folder / SWEEP_CSV,
@@ -343,7 +452,7 @@ def _write(report: SweepReport, keys: list[str], figures: bool) -> None:
         from propbench.plots import save_sweep_figures, save_sweep_spectrum
 
         swept = [k for k in keys if report.table[k].astype(str).nunique() > 1]
-        report.figures = save_sweep_figures(report.frame, report.table, folder, swept)
+        report.figures = save_sweep_figures(report.frame, report.table, folder, swept, config)
         if report.spectrum is not None:
             report.figures.append(save_sweep_spectrum(report.spectrum, folder, swept))
 
@@ -406,6 +515,8 @@ class SweepCallback(Callback):
             print(f"propbench: error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         LAST_SWEEP_DIR = folder
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return  # an optimizing sweeper (Optuna) chooses its jobs as it goes
         params = config.hydra.sweeper.get("params")
         params = OmegaConf.to_container(params) if params is not None else {}
         overrides = list(config.hydra.overrides.task)

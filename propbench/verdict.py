@@ -159,6 +159,23 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     return out
 
 
+def objective(summary: dict[str, Any], signal: str = "gradient") -> float:
+    """The number a sweep job returns to Hydra's sweeper, to be minimized: |log10 r| of
+    ``signal`` (``gradient``, ``activation``, or ``both``: the larger), 0 for a signal that
+    keeps its variance end to end. A signal that left float range (overflow, underflow to 0)
+    scores inf; a summary without that signal, NaN."""
+    signals = list(SIGNALS) if signal == "both" else [signal]
+    scores = []
+    for quantity in signals:
+        result = summary.get(quantity)
+        if not result:
+            return math.nan
+        ratio = result["log10_ratio"]
+        overflowed = result["first_nonfinite_layer"] is not None
+        scores.append(math.inf if overflowed or ratio is None or math.isnan(ratio) else abs(ratio))
+    return max(scores)
+
+
 def range_warning(summary: dict[str, Any], dtype: str) -> Optional[str]:
     """One line saying where the signal left the float range (or turned constant), or None."""
     exits, constants = [], []

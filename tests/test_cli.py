@@ -266,7 +266,7 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     from propbench import runner
 
     def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(runner, "probe_trials", out_of_memory)
     monkeypatch.setattr(sys, "argv", ["propbench", *TINY, f"hydra.run.dir={tmp_path / 'run'}"])
