@@ -172,7 +172,7 @@ def _lanczos(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int, layer
         w = _vjp(capture, model, x, cotangents).to(torch.float64)
         a = (w * v).sum(1)
         alpha[:, j] = a.cpu()
-        for _ in range(2):  # full reorthogonalization, twice (Gram-Schmidt is once enough twice)
+        for _ in range(2):  # full reorthogonalization; classical Gram-Schmidt twice is enough
             for q in basis:
                 w = w - (w * q).sum(1, keepdim=True) * q
         b = w.norm(dim=1)
@@ -186,13 +186,11 @@ def _lanczos(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int, layer
         basis.append(v)
     first, second, top = np.empty(rows), np.empty(rows), np.empty(rows)
     for r in range(rows):
-        size = steps
-        # a row whose Krylov space closed early (exact invariant subspace) stops there
-        closed = np.nonzero(beta[r, :steps].numpy() <= 1e-12 * max(alpha[r, :steps].abs().max().item(), 1e-300))[0]
-        if len(closed):
-            size = int(closed[0]) + 1
-        t = np.diag(alpha[r, :size].numpy()) + np.diag(beta[r, :size - 1].numpy(), 1) \
-            + np.diag(beta[r, :size - 1].numpy(), -1)
+        a, b = alpha[r, :steps].numpy(), beta[r, :steps].numpy()
+        # a row whose Krylov space closed early (an invariant subspace) stops there
+        closed = np.nonzero(b <= 1e-12 * max(np.abs(a).max(), 1e-300))[0]
+        size = int(closed[0]) + 1 if len(closed) else steps
+        t = np.diag(a[:size]) + np.diag(b[:size - 1], 1) + np.diag(b[:size - 1], -1)
         theta, vectors = np.linalg.eigh(t)
         tau = vectors[0] ** 2
         first[r], second[r], top[r] = tau @ theta, tau @ theta**2, theta.max()
@@ -256,7 +254,7 @@ def jacobian_spectrum(model: nn.Module, inputs: torch.Tensor,
                 use = "exact" if exact_bytes(n, sizes, x.element_size()) <= max_bytes else "estimate"
             if use == "exact":
                 found = _exact(capture, model, x, n, sizes, max_bytes)
-                for l, s, m, size in zip(layers, found, chosen, sizes):
+                for l, s, m in zip(layers, found, chosen):
                     lam = s**2
                     values[l].append(s)
                     rows.append((example, l, names.get(m, ""), lam.mean(), lam.var(), s.max(),
