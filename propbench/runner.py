@@ -61,6 +61,7 @@ class _Measured:
     spectrum: Optional[pd.DataFrame] = None
     singular_values: Optional[np.ndarray] = None
     calibration: Optional[list[dict[str, Any]]] = None  # per trial, data-dependent inits
+    spectrum_s: float = 0.0  # seconds spent on the spectra
 
 
 def setup(cfg: Any) -> Setup:
@@ -118,7 +119,8 @@ def _run(job: Setup, folder: Optional[Path], progress: bool) -> RunResult:
         spectrum = _annotate_spectrum(spectrum, job.settings, measured.theory)
     summary = _summary(frame, job, measured.theory, elapsed)
     if spectrum is not None:
-        summary["spectrum"] = measured.theory.spectrum_summary(spectrum)
+        summary["spectrum"] = {**measured.theory.spectrum_summary(spectrum),
+                               "elapsed_s": round(measured.spectrum_s, 3)}
     if measured.calibration is not None:
         summary["lsuv"] = _calibration_summary(job.settings, measured.calibration)
     result = RunResult(frame, summary, folder, spectrum=spectrum,
@@ -166,7 +168,7 @@ def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:
     s, frames, theory = job.settings, [], None
     if s.model.name == "custom":
         return _Measured(_measure_custom(job), Theory(s.model.theory_gap()))
-    spectra, values, calibration = [], [], []
+    spectra, values, calibration, spectrum_s = [], [], [], 0.0
     try:
         for trials in _chunks(s.trials, job.at_once):
             seeds = [trial_seeds(s.seed, t) for t in trials]
@@ -177,11 +179,13 @@ def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:
             if s.init.data_dependent:
                 calibration += [model.calibration for model in models]
             if s.spectrum.enabled:
+                started = time.perf_counter()
                 for t, model, x, seed in zip(trials, models, inputs, seeds):
                     spectrum = _spectrum(s, model.to(job.device), x, seed.cotangent)
                     spectrum.frame.insert(0, "trial", t)
                     spectra.append(spectrum.frame)
                     values.append(spectrum.values.get(int(spectrum.frame["layer"].max())))
+                spectrum_s += time.perf_counter() - started
             stacked = stack(models).to(job.device)
             del models  # the stacked copy holds their weights now
             if progress is not None:
@@ -200,7 +204,7 @@ def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:
     finally:
         if progress is not None:
             progress.close()
-    measured = _Measured(pd.concat(frames, ignore_index=True), theory)
+    measured = _Measured(pd.concat(frames, ignore_index=True), theory, spectrum_s=spectrum_s)
     if spectra:
         measured.spectrum = pd.concat(spectra, ignore_index=True)
         if all(v is not None for v in values):

@@ -9,8 +9,9 @@ its population variance over the k values, ``max_s`` and ``min_s``.
 
 Two methods, named in the ``method`` column:
 
-- ``exact``: the full Jacobian by forward-mode AD, one tangent per input unit (the n basis
-  vectors, in chunks that fit), every requested layer from the same passes; then
+- ``exact``: the full Jacobian by forward-mode AD (``torch.func.jvp``, vectorized with
+  ``vmap``), one tangent per input unit (the n basis vectors, in chunks that fit), every
+  requested layer from the same pass; then
   ``torch.linalg.svdvals`` in float64. Memory: n * sum_l m_l numbers, plus one float64 copy.
 - ``estimate``, where that does not fit: stochastic Lanczos quadrature on A_l = J_l^T J_l,
   whose matrix-vector product is a forward-mode pass (J v) and a backward pass (J^T u).
@@ -23,7 +24,7 @@ Two methods, named in the ``method`` column:
   r = var_sq / mean_sq^2 (and n - k zero eigenvalues counted in r when m_l < n).
 
 The model must treat the examples of a batch independently (no BatchNorm in training mode):
-both methods run copies of one example as a batch, one tangent or probe per row.
+each example's Jacobian is taken on that example alone.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from propbench.config import default_layers
@@ -101,32 +101,38 @@ def _check_independent(model: nn.Module) -> None:
                              "of a batch, so one example's Jacobian is not defined by it alone")
 
 
+def _layers_of(capture: _Capture, model: nn.Module) -> Any:
+    """The chosen layers' outputs as a function of one example (no batch axis)."""
+    def f(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(y.squeeze(0) for y in capture.run(model, x.unsqueeze(0)))
+
+    return f
+
+
 def _tangents(capture: _Capture, model: nn.Module, x: torch.Tensor,
               v: torch.Tensor) -> list[torch.Tensor]:
-    """J_l v for every layer, for the rows of v (x repeated per row): one forward-mode pass."""
-    with fwAD.dual_level(), torch.no_grad():
-        dual = fwAD.make_dual(x.expand(len(v), *x.shape).contiguous(), v)
-        outs = capture.run(model, dual)
-        return [fwAD.unpack_dual(y).tangent for y in outs]
+    """J_l v for every layer and every row of v: forward-mode AD (``torch.func.jvp``)
+    vectorized over the rows, so the primal pass runs once and only the tangents are
+    batched."""
+    f = _layers_of(capture, model)
+    with torch.no_grad():
+        return list(torch.func.vmap(lambda t: torch.func.jvp(f, (x,), (t,))[1])(v))
 
 
 def _vjp(capture: _Capture, model: nn.Module, x: torch.Tensor,
-         cotangents: list[Optional[torch.Tensor]], rows: int) -> torch.Tensor:
-    """sum_l J_l^T u_l for each row (x repeated ``rows`` times): one backward pass. Rows are
-    independent, so a row whose u_l is zero but at one layer gets that layer's J_l^T u_l."""
-    with torch.enable_grad():
-        xs = x.expand(rows, *x.shape).clone().requires_grad_(True)
-        outs = capture.run(model, xs)
-        pairs = [(y, u) for y, u in zip(outs, cotangents) if u is not None]
-        grads = torch.autograd.grad([y for y, _ in pairs], xs, [u for _, u in pairs])
-    return grads[0].flatten(1)
+         cotangents: list[torch.Tensor]) -> torch.Tensor:
+    """sum_l J_l^T u_l for every row of the u_l (rows x m_l): one reverse pass, vectorized
+    over the rows."""
+    with torch.no_grad():  # no graph for the weights; torch.func differentiates x anyway
+        _, pullback = torch.func.vjp(_layers_of(capture, model), x)
+        return torch.func.vmap(lambda *u: pullback(tuple(u))[0])(*cotangents).flatten(1)
 
 
 def _exact(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int,
            sizes: Sequence[int], budget: int) -> list[np.ndarray]:
     """Every singular value of each J_l: tangents = the n basis vectors, in chunks."""
     itemsize = x.element_size()
-    per_row = 4 * itemsize * max(sizes)  # a dual activation (value, tangent) and temporaries
+    per_row = 4 * itemsize * max(sizes)  # a tangent activation and temporaries
     chunk = int(max(1, min(n, budget // max(per_row, 1))))
     columns: list[list[torch.Tensor]] = [[] for _ in sizes]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
@@ -163,10 +169,10 @@ def _lanczos(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int, layer
         tangents = _tangents(capture, model, x, v.to(x.dtype).reshape(rows, *x.shape))
         cotangents = [torch.where((layer_of == l)[:, None], t, torch.zeros_like(t))
                       for l, t in enumerate(tangents)]
-        w = _vjp(capture, model, x, cotangents, rows).to(torch.float64)
+        w = _vjp(capture, model, x, cotangents).to(torch.float64)
         a = (w * v).sum(1)
         alpha[:, j] = a.cpu()
-        for _ in range(2):  # full reorthogonalization, twice (Gram-Schmidt is once enough twice)
+        for _ in range(2):  # full reorthogonalization; classical Gram-Schmidt twice is enough
             for q in basis:
                 w = w - (w * q).sum(1, keepdim=True) * q
         b = w.norm(dim=1)
@@ -180,13 +186,11 @@ def _lanczos(capture: _Capture, model: nn.Module, x: torch.Tensor, n: int, layer
         basis.append(v)
     first, second, top = np.empty(rows), np.empty(rows), np.empty(rows)
     for r in range(rows):
-        size = steps
-        # a row whose Krylov space closed early (exact invariant subspace) stops there
-        closed = np.nonzero(beta[r, :steps].numpy() <= 1e-12 * max(alpha[r, :steps].abs().max().item(), 1e-300))[0]
-        if len(closed):
-            size = int(closed[0]) + 1
-        t = np.diag(alpha[r, :size].numpy()) + np.diag(beta[r, :size - 1].numpy(), 1) \
-            + np.diag(beta[r, :size - 1].numpy(), -1)
+        a, b = alpha[r, :steps].numpy(), beta[r, :steps].numpy()
+        # a row whose Krylov space closed early (an invariant subspace) stops there
+        closed = np.nonzero(b <= 1e-12 * max(np.abs(a).max(), 1e-300))[0]
+        size = int(closed[0]) + 1 if len(closed) else steps
+        t = np.diag(a[:size]) + np.diag(b[:size - 1], 1) + np.diag(b[:size - 1], -1)
         theta, vectors = np.linalg.eigh(t)
         tau = vectors[0] ** 2
         first[r], second[r], top[r] = tau @ theta, tau @ theta**2, theta.max()
@@ -250,7 +254,7 @@ def jacobian_spectrum(model: nn.Module, inputs: torch.Tensor,
                 use = "exact" if exact_bytes(n, sizes, x.element_size()) <= max_bytes else "estimate"
             if use == "exact":
                 found = _exact(capture, model, x, n, sizes, max_bytes)
-                for l, s, m, size in zip(layers, found, chosen, sizes):
+                for l, s, m in zip(layers, found, chosen):
                     lam = s**2
                     values[l].append(s)
                     rows.append((example, l, names.get(m, ""), lam.mean(), lam.var(), s.max(),

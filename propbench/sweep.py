@@ -381,7 +381,7 @@ def check_claim(folder: Path, table: Any) -> Optional[dict[str, Any]]:
         for key, value in where.items():
             match = match[match[key].astype(str) == value] if key in match else match.iloc[0:0]
         column = f"{expect['quantity']}_verdict"
-        got = [v for v in match[column].tolist() if v] if column in match else []
+        got = match[column].tolist() if column in match else []
         checks.append({
             "where": where, "quantity": expect["quantity"], "expected": expect["verdict"],
             "got": got, "held": None if not got else all(v in expect["verdict"] for v in got),
