@@ -171,8 +171,9 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
                 markersize=3, lw=1.5, label=prefix + label)
         shown_values.append(stats["mean"][ok].to_numpy())
         if several_trials:
-            ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
-                            color=colour, alpha=0.2, lw=0)
+            # arrays, not Series: matplotlib 3.7.0 cannot mask a pandas Series
+            ax.fill_between(stats["layer"][ok].to_numpy(float), stats["min"][ok].to_numpy(float),
+                            stats["max"][ok].to_numpy(float), color=colour, alpha=0.2, lw=0)
             band = stats[["min", "max"]][ok].to_numpy().ravel()
             shown_values.append(band[np.isfinite(band) & (band > 0)])
         if "theory" in rows.columns:  # beside the measurement: where it is on the axis too

@@ -63,6 +63,7 @@ BAD = [
     (["init=bogus"], "init=bogus: no such option; choose one of default"),
     (["model=rnn"], "model=rnn: no such option; choose one of cnn, custom, mlp"),
     (["dtype=half3"], "expected one of [float32, float64]"),
+    (["objective=loss"], "expected one of [gradient, activation, both]"),
     (["init=kaiming", "init.mode=sideways"], "expected one of [fan_in, fan_out]"),
     (["init=kaiming", "init.gain=-1"], "init.gain=-1: must be a finite number > 0"),
     (["act=prelu", "act.slope=-1"], "act.slope=-1.0: prelu needs a finite slope >= 0"),
