@@ -1,6 +1,7 @@
 """``python -m propbench.report SWEEP_DIR``: aggregate a finished, failed or interrupted
-sweep (see :mod:`propbench.sweep`), print its table, and exit 1 if any job failed or never
-finished, or the experiment's claim did not hold (2 if the folder is not a sweep)."""
+sweep (see :mod:`propbench.sweep`), print its table, and exit 1 if any job failed, never
+finished or is corrupt, or the experiment's claim did not hold (2 if the folder is not a
+sweep or its jobs.json is corrupt)."""
 
 from __future__ import annotations
 

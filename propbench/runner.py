@@ -136,10 +136,10 @@ def execute(cfg: Any, out_dir: Optional[str | Path] = None) -> RunResult:
 
 
 def _same_run(s: PropbenchConfig, folder: Path) -> bool:
-    """A complete run of the same config in ``folder``, whatever ``resume`` and
-    ``trial_batch`` say (how the run is done, not what it measures)."""
+    """A complete run of the same config in ``folder``, whatever ``resume``, ``trial_batch``
+    and ``quiet`` say (how the run is done, not what it measures)."""
     done = completed_config(folder)
-    how = {"resume": None, "trial_batch": None, "objective": None}
+    how = {"resume": None, "trial_batch": None, "objective": None, "quiet": None}
     return done is not None and {**done, **how} == {**s.to_dict(), **how}
 
 
@@ -148,17 +148,15 @@ def _chunks(trials: int, at_once: int) -> Iterator[range]:
         yield range(start, min(start + at_once, trials))
 
 
-def _track(model: torch.nn.Module, progress: Progress) -> list[Any]:
+def _track(model: torch.nn.Module, progress: Progress) -> None:
     """Hooks that tell ``progress`` which block each pass has reached (forward, then the
-    gradient flowing back through the block's output); their handles."""
-    handles = []
+    gradient flowing back through the block's output); they go with the model."""
     for layer, block in enumerate(model.blocks, start=1):
         def forward(module: Any, args: Any, output: torch.Tensor, layer: int = layer) -> None:
             progress.layer("forward", layer)
             if output.requires_grad:
                 output.register_hook(lambda grad: progress.layer("backward", layer))
-        handles.append(block.register_forward_hook(forward))
-    return handles
+        block.register_forward_hook(forward)
 
 
 def _measure(job: Setup, progress: Optional[Progress] = None) -> _Measured:

@@ -175,3 +175,13 @@ def test_temporary_names_are_unique(tmp_path, monkeypatch):
     atomic_write(tmp_path / "a.txt", lambda tmp: seen.append(tmp) or tmp.write_text("2"))
     assert seen[0] != seen[1] and all(p.name.startswith(".a.txt.") for p in seen)
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_resume_keeps_a_run_whatever_says_only_how_it_runs(run_folder, tmp_path):
+    copy = _copy(run_folder, tmp_path)
+    kept = propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2", "resume=true",
+                             "quiet=true", "trial_batch=1"), copy)
+    assert kept.resumed
+    again = propbench.run(cfg("depth=4", "width=16", "batch_size=8", "trials=2", "resume=true",
+                              "seed=1"), copy)
+    assert not again.resumed and read_summary(copy)["config"]["seed"] == 1
