@@ -31,11 +31,12 @@ from propbench.activations import is_activation
 from propbench.inits import NORM_TYPES, WEIGHTED_TYPES
 from propbench.moments import Moments
 
-SITES = ("pre", "norm", "post", "weight")
+# branch: a residual branch's output (before alpha); block: a block's output, the stream
+SITES = ("pre", "norm", "post", "weight", "branch", "block")
 QUANTITIES = ("activation", "gradient", "correlation")
 FRAME_COLUMNS = [
-    "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
-    "channel_mean_sq", "channel_var",
+    "layer", "sublayer", "module", "site", "quantity", "mean", "var", "second_moment", "n",
+    "nonfinite", "channel_mean_sq", "channel_var",
 ]
 
 def classify(module: nn.Module) -> Optional[str]:
@@ -54,7 +55,10 @@ def classify(module: nn.Module) -> Optional[str]:
 
 
 def default_modules(model: nn.Module) -> list[nn.Module]:
-    """Every leaf module of ``model`` that :func:`classify` gives a site."""
+    """Every leaf module of ``model`` that :func:`classify` gives a site (a propbench model
+    names its own: ``probed_modules()``, residual blocks and branches included)."""
+    if hasattr(model, "probed_modules"):
+        return model.probed_modules()
     return [
         m for m in model.modules() if not list(m.children()) and classify(m) is not None
     ]
@@ -69,44 +73,51 @@ def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
 class _Tap:
     """The hooks of one pass and what they recorded (metadata on the host, stats on device).
 
-    ``split`` turns a hooked tensor into its per-trial view (T, *shape)."""
+    ``split`` turns a hooked tensor into its per-trial view (T, *shape). A module with a
+    ``probe_position`` (layer, sublayer) is recorded there (propbench's residual blocks);
+    otherwise each firing of a Linear/Conv starts a new layer, and sublayer is empty."""
 
     sites: dict[nn.Module, str]
     names: dict[nn.Module, str]
     split: Callable[..., torch.Tensor] = _one_trial
     pairs: bool = False
     layer: int = 0
-    meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
+    meta: list[tuple[int, Optional[int], str, str, str, int]] = field(default_factory=list)
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
     weight_hooked: set[nn.Module] = field(default_factory=set)
 
-    def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
+    def record(self, layer: int, sublayer: Optional[int], name: str, site: str, quantity: str,
+               t: torch.Tensor) -> None:
         v = self.split(t, site == "weight")
-        self.meta.append((layer, name, site, quantity, v[0].numel()))
+        self.meta.append((layer, sublayer, name, site, quantity, v[0].numel()))
         self.stats.add(v, per_channel=site != "weight")
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
-            self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
+            self.meta.append((layer, sublayer, name, site, "correlation", v.shape[1] // 2))
             self.stats.add_pairs(v)
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             return
         site, name = self.sites[module], self.names[module]
+        position = getattr(module, "probe_position", None)
+        if position is None:
+            self.layer += site == "pre"
+            position = (self.layer, None)
         if site == "pre":
-            self.layer += 1
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
                 self.weight_hooked.add(module)
                 self.handles.append(
-                    weight.register_hook(partial(self.grad_hook, self.layer, name, "weight"))
+                    weight.register_hook(partial(self.grad_hook, *position, name, "weight"))
                 )
-        self.record(self.layer, name, site, "activation", output)
+        self.record(*position, name, site, "activation", output)
         if output.requires_grad:
-            output.register_hook(partial(self.grad_hook, self.layer, name, site))
+            output.register_hook(partial(self.grad_hook, *position, name, site))
 
-    def grad_hook(self, layer: int, name: str, site: str, grad: torch.Tensor) -> None:
-        self.record(layer, name, site, "gradient", grad)
+    def grad_hook(self, layer: int, sublayer: Optional[int], name: str, site: str,
+                  grad: torch.Tensor) -> None:
+        self.record(layer, sublayer, name, site, "gradient", grad)
 
     def attach(self) -> None:
         for module in self.sites:
@@ -220,7 +231,8 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
 
 
 def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame(meta, columns=["layer", "module", "site", "quantity", "n"])
+    frame = pd.DataFrame(meta, columns=["layer", "sublayer", "module", "site", "quantity", "n"])
+    frame["sublayer"] = frame["sublayer"].astype("Int64")  # empty outside residual branches
     mean, var = stats[:, 0], stats[:, 1]
     with np.errstate(over="ignore", invalid="ignore"):
         frame["mean"], frame["var"], frame["second_moment"] = mean, var, var + mean * mean
@@ -228,5 +240,6 @@ def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
     frame["channel_mean_sq"], frame["channel_var"] = stats[:, 3], stats[:, 4]
     site_rank = frame["site"].map({s: i for i, s in enumerate(SITES)})
     quantity_rank = frame["quantity"].map({q: i for i, q in enumerate(QUANTITIES)})
-    order = np.lexsort((site_rank, frame["layer"], quantity_rank))  # stable: firing order ties
+    sublayer_rank = frame["sublayer"].fillna(np.iinfo(np.int64).max).to_numpy()  # block rows last
+    order = np.lexsort((site_rank, sublayer_rank, frame["layer"], quantity_rank))  # stable
     return frame.iloc[order][FRAME_COLUMNS].reset_index(drop=True)
