@@ -296,3 +296,22 @@ def test_cli_runs_a_residual_network_end_to_end(tmp_path):
     frame = propbench.load(tmp_path / "run")
     assert {"block", "branch"} <= set(frame.site) and frame.sublayer.notna().any()
     assert (tmp_path / "run" / "propagation.png").exists()
+
+
+def test_normalizer_free_resnet_resets_at_transitions_and_has_no_channel_means():
+    """alpha = 0.5, two stages of 3 blocks: 1 + l/4 within a stage, 1 + 1/4 again after the
+    transition (its 1x1 shortcut sees x / beta). Each branch loses ~11% of its variance to
+    the zero padding of its two 3x3 convolutions at 16x16, hence the 8% margin."""
+    common = ["model=resnet", "model.alpha=0.5", "depth=6", "width=32", "model.in_channels=32",
+              "model.image_size=16", "model.stage_every=3", "model.channel_growth=2",
+              "batch_size=4", "trials=2", "init=kaiming"]
+    nf = propbench.run(cfg(*common, "model.nf=true")).frame
+    blocks = nf[(nf.site == "block") & (nf.quantity == "activation")].groupby("layer").mean(
+        numeric_only=True)
+    expected = 1 + 0.25 * np.array([1, 2, 3, 1, 2, 3])
+    np.testing.assert_allclose(blocks["var"], expected, rtol=0.08)
+    assert blocks["var"][4] < blocks["var"][3]  # the reset
+    assert (blocks["channel_mean_sq"] < 0.01 * blocks["channel_var"]).all()
+    plain = propbench.run(cfg(*common)).frame  # He init, no standardization: channel means
+    means = plain[(plain.site == "block") & (plain.quantity == "activation")]
+    assert (means["channel_mean_sq"] / means["channel_var"]).mean() > 0.1
