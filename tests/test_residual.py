@@ -74,6 +74,48 @@ def test_each_block_ordering_matches_a_hand_written_forward(overrides):
         torch.testing.assert_close(model(x), reference_forward(model, x, s), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("order, norm", [("pre", "layernorm"), ("post", "batchnorm"),
+                                         ("pre", "none")])
+def test_resnet_blocks_match_a_hand_written_forward(order, norm):
+    """Two stages of two blocks (4 -> 8 channels, an average pool between), the 1x1
+    shortcuts where the channels change, written out with F.conv2d."""
+    s = settings(cfg("model=resnet", "depth=4", "width=4", "model.image_size=8",
+                     "model.stage_every=2", "model.channel_growth=2", "model.pool=avg",
+                     f"model.order={order}", f"model.norm={norm}", "model.alpha=0.7",
+                     "batch_size=3", "dtype=float64", "init=kaiming"))
+    model = build_model(s)
+    x = draw_inputs(s, model.input_shape, 1)
+
+    def conv(h, layer):
+        return F.conv2d(h, layer.weight, layer.bias, padding=layer.kernel_size[0] // 2)
+
+    def normalize(h):
+        dims = (0, 2, 3) if norm == "batchnorm" else (1, 2, 3)  # GroupNorm(1): per example
+        if norm == "none":
+            return h
+        return (h - h.mean(dims, keepdim=True)) / torch.sqrt(h.var(dims, unbiased=False, keepdim=True) + 1e-5)
+
+    h = x
+    for i, block in enumerate(model.blocks):
+        if i == 2:
+            h = F.avg_pool2d(h, 2)
+        b = h
+        for k, sub in enumerate(block.branch):
+            if order == "pre":
+                b = conv(torch.relu(normalize(b)), sub.conv)
+            else:
+                b = normalize(conv(b, sub.conv))
+                b = b if k == len(block.branch) - 1 else torch.relu(b)
+        skip = h
+        if i in (0, 2):  # 3 -> 4 and 4 -> 8 channels
+            skip = conv(h, block.shortcut.conv)
+            skip = normalize(skip) if order == "post" else skip
+        h = skip + 0.7 * b
+        h = torch.relu(h) if order == "post" else h
+    with torch.no_grad():
+        torch.testing.assert_close(model.blocks(x), h, rtol=1e-10, atol=1e-12)
+
+
 def test_pre_and_post_orderings_put_their_layers_where_the_papers_do():
     pre = build_model(cfg("model=resmlp", "model.norm=batchnorm", *SMALL))
     post = build_model(cfg("model=resmlp", "model.norm=batchnorm", "model.order=post", *SMALL))
