@@ -41,9 +41,10 @@ figures: install  ## regenerate the figures the README shows
 	$(PY) -m propbench depth=16 width=128 act=relu init=kaiming trials=2 spectrum=true hydra.run.dir=results/figures/relu_spectrum_d16
 	cp results/figures/relu_spectrum_d16/spectrum.png results/figures/relu_spectrum_d16.png
 
-EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos dynamical_isometry
+EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos \
+               dynamical_isometry residual_scaling bn_resnet nf_resnet
 
-experiments: install  ## run the seven experiments; figures and summaries land in results/experiments/
+experiments: install  ## run the ten experiments; figures and summaries land in results/experiments/
 	for name in $(EXPERIMENTS); do \
 	  rm -rf results/experiments/$$name; \
 	  $(PY) -m propbench +experiment=$$name || exit 1; \

@@ -14,14 +14,15 @@ do not pay for torch or matplotlib until they are used:
 - :func:`run_sweep` -- a sweep from Python, as ``python -m propbench -m`` runs it;
   :func:`aggregate` -- a sweep folder's (or a folder of run folders') tables and figures
   (what ``propbench.report`` does); :func:`load_sweep` -- its table, one row per job;
-- :func:`predict`, :func:`depth_scales`, :func:`critical_sigma_w2`, :func:`auto_gain` --
-  the mean-field theory (:mod:`propbench.theory`);
+- :func:`predict`, :func:`predict_residual`, :func:`depth_scales`, :func:`critical_sigma_w2`,
+  :func:`auto_gain` -- the mean-field theory (:mod:`propbench.theory`);
 - :func:`jacobian_spectrum` -- singular values of the input-output Jacobian at chosen layers
   of any ``nn.Module`` (exact, or estimated where that does not fit);
   :func:`spectrum_moments` -- their free-probability theory; :func:`load_spectrum` -- a run's
   ``spectrum.csv``; :func:`plot_spread`, :func:`plot_singular_values` -- their plots;
 - :func:`plot_propagation`, :func:`plot_variance`, :func:`plot_correlation`,
-  :func:`plot_sweep_grid`, :func:`plot_ratio_heatmap`, :func:`plot_phase_diagram` -- the plots.
+  :func:`plot_sweep_grid`, :func:`plot_ratio_heatmap`, :func:`plot_phase_diagram`,
+  :func:`plot_signal_propagation` -- the plots.
 """
 
 from importlib import import_module
@@ -48,6 +49,7 @@ _API = {
     "plot_spread": "propbench.plots",
     "plot_singular_values": "propbench.plots",
     "predict": "propbench.theory",
+    "predict_residual": "propbench.theory",
     "depth_scales": "propbench.theory",
     "critical_sigma_w2": "propbench.theory",
     "auto_gain": "propbench.theory",
@@ -57,6 +59,7 @@ _API = {
     "plot_sweep_grid": "propbench.plots",
     "plot_ratio_heatmap": "propbench.plots",
     "plot_phase_diagram": "propbench.plots",
+    "plot_signal_propagation": "propbench.plots",
     "aggregate": "propbench.sweep",
     "run_sweep": "propbench.sweep",
     "load_sweep": "propbench.sweep",
@@ -67,8 +70,9 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from propbench.config import PropbenchConfig, compose, settings
     from propbench.models import build_model
     from propbench.plots import (plot_correlation, plot_phase_diagram, plot_propagation,
-                                 plot_ratio_heatmap, plot_singular_values, plot_spread,
-                                 plot_sweep_grid, plot_variance)
+                                 plot_ratio_heatmap, plot_signal_propagation,
+                                 plot_singular_values, plot_spread, plot_sweep_grid,
+                                 plot_variance)
     from propbench.frames import probe, probe_trials
     from propbench.results import load, load_spectrum
     from propbench.runner import RunResult, run
@@ -76,7 +80,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from propbench.stacked import stack
     from propbench.sweep import aggregate, load_sweep, run_sweep
     from propbench.theory import (auto_gain, critical_sigma_w2, depth_scales, predict,
-                                  spectrum_moments)
+                                  predict_residual, spectrum_moments)
     from propbench.verdict import summarize
 
 

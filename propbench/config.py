@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from propbench.activations import ACTIVATIONS
 from propbench.errors import ConfigError, first_line
@@ -28,7 +28,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 # the choices of the enum-typed keys; OmegaConf refuses anything else, naming these
-Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
+Norm = Enum("Norm", {v: v for v in ("none", "batchnorm", "layernorm")}, module=__name__)
+Order = Enum("Order", {v: v for v in ("pre", "post")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 InputKind = Enum("InputKind", {v: v for v in ("normal", "tokens")}, module=__name__)
@@ -48,15 +49,22 @@ class ModelConfig:
     """What every model has; each option ``model=NAME`` extends it (see :data:`MODELS`)."""
 
     name: str = "mlp"
-    norm: Norm = Norm.none  # BatchNorm after each Linear/Conv, before the activation
+    # after each Linear/Conv, before the activation: BatchNorm, or LayerNorm (for
+    # convolutions GroupNorm with one group: over channels and positions)
+    norm: Norm = Norm.none
+    residual: ClassVar[bool] = False  # x -> x + alpha * branch(x) blocks (ResidualKeys)
 
     def check(self) -> None:
         """Range checks of this model's keys (ConfigError, one line)."""
 
+    def layers_per_block(self) -> int:
+        """Weight layers in a block (a residual block's branch has ``branch_layers``)."""
+        return 1
+
     def footprint(self) -> tuple[int, int]:
         """(weight elements per width^2, activation elements per unit of width) of a block,
         for the memory estimate."""
-        return 1, 1
+        return self.layers_per_block(), 1
 
     def input_size(self, width: int) -> int:
         """Elements of one input example (the columns of its Jacobian)."""
@@ -71,6 +79,8 @@ class ModelConfig:
         """Why the mean-field recursion does not describe this model, or None."""
         if self.norm == Norm.batchnorm:
             return "BatchNorm normalizes with batch statistics; the mean-field recursion does not model it"
+        if self.norm == Norm.layernorm and not self.residual:
+            return "LayerNorm in a plain stack is not modelled (the residual theory of resmlp is)"
         return None
 
 
@@ -106,7 +116,8 @@ class CNNConfig(ModelConfig):
 
     def footprint(self) -> tuple[int, int]:
         # channel growth and pooling trade channels for pixels; the first stage bounds both
-        return self.kernel_size**2 * self.channel_growth**2, self.image_size**2
+        return (self.layers_per_block() * self.kernel_size**2 * self.channel_growth**2,
+                self.image_size**2)
 
     def input_size(self, width: int) -> int:
         return self.in_channels * self.image_size**2
@@ -122,6 +133,94 @@ class CNNConfig(ModelConfig):
         if self.stage_every > 0 and self.pool != Pool.none:
             return "pooling mixes positions; the mean-field recursion does not model it"
         return super().theory_gap()
+
+
+INV_SQRT_DEPTH = "inv_sqrt_depth"
+
+
+@dataclass
+class ResidualKeys:
+    """The keys of a residual model: ``depth`` blocks ``x -> x + alpha * branch(x)``
+    (He et al. 2016). A branch has ``branch_layers`` weight layers, each with the model's
+    ``norm`` and the activation, in the ``order`` ``pre`` (norm -> act -> weight: He et al.
+    2016, "Identity Mappings in Deep Residual Networks") or ``post`` (weight -> norm -> act,
+    the last activation after the addition: the original ResNet). ``alpha`` scales the
+    branch: a number (0 is SkipInit's start, De & Smith 2020) or ``inv_sqrt_depth``.
+    ``nf``: normalizer-free (Brock et al. 2021): the branch input is divided by the expected
+    standard deviation of the stream, and weights are scaled-weight-standardized."""
+
+    branch_layers: int = 2  # weight layers per branch
+    order: Order = Order.pre  # pre | post
+    alpha: Any = 1.0  # a number >= 0, or inv_sqrt_depth (1/sqrt(depth))
+    nf: bool = False  # normalizer-free: x / beta into the branch, standardized weights
+
+    def check(self) -> None:
+        _at_least("model.branch_layers", self.branch_layers, 1)
+        if self.alpha != INV_SQRT_DEPTH:
+            try:
+                value = float(self.alpha)
+            except (TypeError, ValueError):
+                value = math.nan
+            if isinstance(self.alpha, bool) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"model.alpha={self.alpha}: must be a finite number >= 0 "
+                                  f"or {INV_SQRT_DEPTH}")
+        if self.nf and self.norm != Norm.none:
+            raise ConfigError(f"model.nf=true: normalizer-free needs model.norm=none "
+                              f"(got {self.norm.value})")
+        if self.nf and self.order != Order.pre:
+            raise ConfigError("model.nf=true: normalizer-free blocks are pre-activation; "
+                              "use model.order=pre")
+
+    def branch_scale(self, depth: int) -> float:
+        """alpha as a number."""
+        return 1.0 / math.sqrt(depth) if self.alpha == INV_SQRT_DEPTH else float(self.alpha)
+
+    def layers_per_block(self) -> int:
+        return self.branch_layers
+
+    def residual_gap(self) -> Optional[str]:
+        """Why the residual mean-field recursion does not describe this model, or None."""
+        if self.order == Order.post:
+            return ("order=post: the activation after the addition makes the stream "
+                    "non-Gaussian with a nonzero mean; the recursion does not model it")
+        if self.nf:
+            return "model.nf=true: weight standardization is not modelled"
+        return None
+
+
+@dataclass
+class ResMLPConfig(ResidualKeys, MLPConfig):
+    """``depth`` residual blocks of width ``width`` (see ResidualKeys); the branch's layers
+    are Linear(width, width) with the model's norm and the activation."""
+
+    name: str = "resmlp"
+    residual: ClassVar[bool] = True
+
+    def check(self) -> None:
+        ResidualKeys.check(self)
+
+    def theory_gap(self) -> Optional[str]:
+        return self.residual_gap() or MLPConfig.theory_gap(self)
+
+
+@dataclass
+class ResNetConfig(ResidualKeys, CNNConfig):
+    """The CNN's stages (``stage_every``, ``channel_growth``, ``pool``) made of residual
+    blocks of k x k convolutions (see ResidualKeys). Where the shape changes (the first
+    block when ``in_channels != width``, the first block of a widening stage) the shortcut
+    is a 1x1 convolution [with the model's norm], as in torchvision's ResNets, and a new
+    stage's first block pools its input."""
+
+    name: str = "resnet"
+    residual: ClassVar[bool] = True
+
+    def check(self) -> None:
+        CNNConfig.check(self)
+        ResidualKeys.check(self)
+
+    def theory_gap(self) -> Optional[str]:
+        return ("the residual recursion is implemented for resmlp only; the per-pixel "
+                "recursion with zero padding and shortcut convolutions is not")
 
 
 @dataclass
@@ -155,7 +254,8 @@ class CustomConfig(ModelConfig):
         return "a model propbench did not build: no mean-field recursion for it"
 
 
-MODELS: dict[str, type[ModelConfig]] = {model.name: model for model in (MLPConfig, CNNConfig, CustomConfig)}
+MODELS: dict[str, type[ModelConfig]] = {
+    model.name: model for model in (MLPConfig, CNNConfig, ResMLPConfig, ResNetConfig, CustomConfig)}
 # keys of model=custom that are its own, not the factory's
 CUSTOM_KEYS = ("name", "_target_", "norm", "kwargs")
 
@@ -260,11 +360,13 @@ class SpectrumConfig:
 class Expectation:
     """One checkable consequence of an experiment's claim: every job whose overrides match
     ``where`` (e.g. ``{init: default, act: relu, depth: 100}``) gets one of ``verdict`` for
-    ``quantity``."""
+    ``quantity``, and its log10 ratio lies ``between`` the two numbers given."""
 
     where: dict[str, Any] = field(default_factory=dict)
     quantity: str = "activation"  # activation | gradient
-    verdict: list[str] = field(default_factory=list)  # accepted verdicts
+    verdict: list[str] = field(default_factory=list)  # accepted verdicts (empty: any)
+    # [low, high]: the log10 ratio must lie in it (a closed form's value, with its margin)
+    between: Optional[list[float]] = None
 
 
 @dataclass
@@ -382,6 +484,12 @@ def validate(s: PropbenchConfig) -> None:
     s.init.check()
     s.init.check_model(s.model, s.width)
     s.spectrum.check(s.depth, s.batch_size, s.model)
+    if s.init.residual_only and not s.model.residual:
+        raise ConfigError(f"init={s.init.name}: only residual models take it (model=resmlp or "
+                          f"model=resnet, not model={s.model.name})")
+    if s.init.residual_only and getattr(s.model, "nf", False):
+        raise ConfigError(f"init={s.init.name}: zeroes layers that weight standardization "
+                          "(model.nf=true) cannot keep; use one or the other")
     if s.model.name == "custom":
         _check_custom(s)
     else:

@@ -21,6 +21,7 @@ COLUMN_TYPES = {
 # Columns added after the first release: absent from older results, read as empty.
 OPTIONAL_COLUMN_TYPES = {
     "theory": "float64",  # the mean-field prediction of var (empty where none applies)
+    "sublayer": "Int64",  # the weight layer within a residual branch (empty elsewhere)
 }
 # A run's config, on every row of run() and load() frames; sweep.csv adds the job number.
 CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size", "seed", "dtype"]

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from propbench.verdict import (SIGNALS, first_constant_layer, first_inf_variance_layer,
-                               first_nonfinite_layer, first_zero_layer, layer_variance)
+                               first_nonfinite_layer, first_zero_layer, layer_variance,
+                               signal_site)
 
 SITE_STYLE = {  # site -> (label, colour)
     "pre": ("pre-activation (Linear/Conv output)", "C0"),
@@ -18,7 +19,9 @@ SITE_STYLE = {  # site -> (label, colour)
     "post": ("post-activation", "C1"),
     "block": ("block output (the stream between blocks)", "C4"),
     "weight": ("weight", "C3"),
+    "branch": ("residual branch (before alpha)", "C5"),
 }
+RESIDUAL_SITES = ("block", "branch")  # what a residual frame shows unless asked for more
 # The backward signal is the gradient of L = <output, cotangent> (a standard-normal cotangent)
 PANELS = {  # quantity -> (panel title, label prefix)
     "activation": ("Forward: activation variance", ""),
@@ -139,13 +142,21 @@ def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
                    label=f"constant (variance 0) from layer {constant}")
 
 
+def _per_layer(rows: pd.DataFrame) -> Any:
+    """``var`` per layer: over a block's sublayers first (the mean), then across trials."""
+    keys = ["trial", "layer"] if "trial" in rows.columns else ["layer"]
+    return rows.groupby(keys)["var"].mean().groupby("layer")
+
+
 def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optional[Any] = None,
                   sites: Optional[Sequence[str]] = None) -> Any:
     """Variance against layer for one quantity, one line per site, on a log y axis.
 
-    With several trials the line is the mean over trials and the band spans min..max. A
-    frame with ``block`` rows shows the stream between blocks only (by default): a block
-    holds many projections, whose mean would be no one tensor's variance.
+    With several trials the line is the mean over trials and the band spans min..max.
+    ``sites`` default to every site in the frame; for a frame with ``block`` rows (a
+    residual network, or blocks found by :func:`propbench.probe`) to the stream and the
+    branch (a branch's sublayers are averaged per block): a block holds many projections,
+    whose mean would be no one tensor's variance.
     """
     if ax is None:
         import matplotlib.pyplot as plt
@@ -153,7 +164,8 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     rows = frame[(frame["quantity"] == quantity) & (frame["layer"] >= 1)]
     present = set(rows["site"])
-    sites = sites or (["block"] if "block" in present else [s for s in SITE_STYLE if s in present])
+    default = RESIDUAL_SITES if "block" in present else SITE_STYLE
+    sites = sites or [s for s in default if s in present]
     depth = int(rows["layer"].max()) if not rows.empty else 0
     marker = "o" if depth <= 30 else None
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
@@ -161,7 +173,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
     title, prefix = PANELS[quantity]
     shown_values = []  # what the y range must hold (matplotlib's own autoscale overflows near 1e300)
     for site in sites:
-        by_layer = rows[rows["site"] == site].groupby("layer")["var"]
+        by_layer = _per_layer(rows[rows["site"] == site])
         stats = by_layer.agg(["mean", "min", "max"]).reset_index()
         # Zero or non-finite variances have no place on a log axis; they are marked instead.
         ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
@@ -177,7 +189,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
             band = stats[["min", "max"]][ok].to_numpy().ravel()
             shown_values.append(band[np.isfinite(band) & (band > 0)])
         if "theory" in rows.columns:  # beside the measurement: where it is on the axis too
-            predicted = rows[rows["site"] == site].groupby("layer")["theory"].first()
+            predicted = rows[rows["site"] == site].groupby("layer")["theory"].mean()
             shown = (np.isfinite(predicted.to_numpy()) & (predicted.to_numpy() > 0)
                      & ok.to_numpy())
             if shown.any():
@@ -277,6 +289,12 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
 
 SIGNAL_LABELS = {"activation": "post-activation variance",
                  "gradient": "variance of \u2202L/\u2202(pre-activation)"}
+STREAM_LABELS = {"activation": "stream (block output) variance",
+                 "gradient": "variance of \u2202L/\u2202(stream)"}
+
+
+def signal_label(frame: pd.DataFrame, quantity: str) -> str:
+    return (STREAM_LABELS if signal_site(frame, quantity) == "block" else SIGNAL_LABELS)[quantity]
 
 
 def _label(keys: Sequence[str], values: Any) -> str:
@@ -286,8 +304,8 @@ def _label(keys: Sequence[str], values: Any) -> str:
 
 def _signal_lines(rows: pd.DataFrame, quantity: str) -> tuple[pd.Series, Optional[pd.Series]]:
     """The measured variance per layer (mean over trials) of one job's signal, and the
-    theory's where it has one."""
-    site = SIGNALS[quantity][0]
+    theory's where it has one (the stream's for a frame with block rows)."""
+    site = signal_site(rows, quantity)
     var = layer_variance(rows, quantity, site)
     predicted = None
     if "theory" in rows.columns:
@@ -356,7 +374,7 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
             where = f"act={row_value}: " if row_by == "act" else (
                 f"{row_by}={row_value}: " if row_by else "")
             ax.set_ylim(0.1, 10)  # for now (matplotlib's autoscale overflows near 1e300)
-            format_axes(ax, where + SIGNAL_LABELS[quantity], "layer (block index)",
+            format_axes(ax, where + signal_label(rows, quantity), "layer (block index)",
                         "variance (log scale)", legend=False)
             set_layer_limits(ax, depth)
     for column, quantity in enumerate(PANELS):  # one y range per column
@@ -385,6 +403,37 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
         names.append("last value before the signal left float range")
     axes[0, 0].figure.legend(handles, names, loc="outside lower center", fontsize=9,
                              ncol=min(len(names), 3 if len(labels) > 4 else 4), frameon=False)
+    return axes
+
+
+SPP_PANELS = (  # (site, column, title, y label): Brock et al. 2021's signal propagation plots
+    ("block", "channel_mean_sq", "stream: average squared channel mean", "squared channel mean"),
+    ("block", "channel_var", "stream: average channel variance", "channel variance"),
+    ("branch", "channel_var", "residual branch: average channel variance", "channel variance"),
+)
+
+
+def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
+                            axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
+    """Signal propagation plots of a residual CNN (Brock et al. 2021, "Characterizing
+    signal propagation to close the performance gap in unnormalized ResNets", fig. 1): per
+    block, the stream's average squared channel mean and average channel variance, and the
+    residual branch's average channel variance (``block`` and ``branch`` activation rows,
+    mean over trials); one line per value of ``line_by`` (none: one line)."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == "activation") & frame["site"].isin(["block", "branch"])]
+    groups = rows.groupby(list(line_by), sort=True) if line_by else [((), rows)]
+    for values, group in groups:
+        for ax, (site, column, _, _) in zip(axes, SPP_PANELS):
+            by_block = group[group["site"] == site].groupby("layer")[column].mean()
+            ok = np.isfinite(by_block.to_numpy()) & (by_block.to_numpy() > 0)
+            ax.plot(by_block.index[ok], by_block.to_numpy()[ok], lw=1.5, marker="o",
+                    markersize=2.5, label=_label(line_by, values) if line_by else None)
+    for ax, (_, _, title, ylabel) in zip(axes, SPP_PANELS):
+        format_axes(ax, title, "block", f"{ylabel} (log scale)")
     return axes
 
 
@@ -544,6 +593,7 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
     from matplotlib.figure import Figure
 
     jobs = frame.groupby("job")[["act", "init", "depth"]].first()
+    spp = ((frame["site"] == "block") & np.isfinite(frame["channel_var"])).any()
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
     line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
@@ -571,6 +621,15 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
         grid.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
                       f"\u00b7 {_trials_text(rows)}")
         figures[f"grid_depth{depth}.png"] = grid
+        if spp:  # a residual CNN: its signal propagation plots, one line per job's label
+            figure = Figure(figsize=(15, 4.4), layout="constrained")
+            plot_signal_propagation(rows, line_by, figure.subplots(1, 3))
+            norms = rows["norm"].unique()
+            norm = f" \u00b7 norm={norms[0]}" if len(norms) == 1 else ""
+            figure.suptitle(f"{first['model']}{norm} \u00b7 {size} \u00b7 batch "
+                            f"{first['batch_size']} \u00b7 signal propagation plots, "
+                            f"{_trials_text(rows)}")
+            figures[f"spp_depth{depth}.png"] = figure
 
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
         if row_by is None:

@@ -37,11 +37,12 @@ from propbench.moments import Moments
 from propbench.sites import check_sites, recognised
 from propbench.sites import classify as _classify
 
-SITES = ("pre", "norm", "post", "block", "weight")
+# branch: a residual branch's output (before alpha); block: a block's output, the stream
+SITES = ("pre", "norm", "post", "weight", "branch", "block")
 QUANTITIES = ("activation", "gradient", "correlation")
 FRAME_COLUMNS = [
-    "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
-    "channel_mean_sq", "channel_var",
+    "layer", "sublayer", "module", "site", "quantity", "mean", "var", "second_moment", "n",
+    "nonfinite", "channel_mean_sq", "channel_var",
 ]
 
 def classify(module: nn.Module) -> Optional[str]:
@@ -52,7 +53,11 @@ def classify(module: nn.Module) -> Optional[str]:
 
 
 def default_modules(model: nn.Module, sites: Optional[dict] = None) -> list[nn.Module]:
-    """Every module of ``model`` that :func:`propbench.sites.classify` gives a site."""
+    """Every module of ``model`` that :func:`propbench.sites.classify` gives a site (a
+    propbench model names its own: ``probed_modules()``, residual blocks and branches
+    included)."""
+    if hasattr(model, "probed_modules"):
+        return model.probed_modules()
     return list(recognised(model, sites))
 
 
@@ -65,7 +70,9 @@ def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
 class _Tap:
     """The hooks of one pass and what they recorded (metadata on the host, stats on device).
 
-    ``split`` turns a hooked tensor into its per-trial view (T, *shape)."""
+    ``split`` turns a hooked tensor into its per-trial view (T, *shape). A module with a
+    ``probe_position`` (layer, sublayer) is recorded there (propbench's residual blocks);
+    otherwise each firing of a Linear/Conv starts a new layer, and sublayer is empty."""
 
     sites: dict[nn.Module, str]
     names: dict[nn.Module, str]
@@ -76,17 +83,18 @@ class _Tap:
     inside: list[int] = field(default_factory=list)  # the blocks running now, innermost last
     calls: dict[nn.Module, int] = field(default_factory=dict)  # firings so far, per module
     stream: Optional[tuple[str, torch.Tensor]] = None  # the last block output (a reference)
-    meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
+    meta: list[tuple[int, Optional[int], str, str, str, int]] = field(default_factory=list)
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
     weight_hooked: set[nn.Module] = field(default_factory=set)
 
-    def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
+    def record(self, layer: int, sublayer: Optional[int], name: str, site: str, quantity: str,
+               t: torch.Tensor) -> None:
         v = self.split(t, site == "weight")
-        self.meta.append((layer, name, site, quantity, v.numel() // v.shape[0]))
+        self.meta.append((layer, sublayer, name, site, quantity, v.numel() // v.shape[0]))
         self.stats.add(v, per_channel=site != "weight")
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
-            self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
+            self.meta.append((layer, sublayer, name, site, "correlation", v.shape[1] // 2))
             self.stats.add_pairs(v)
 
     def _name(self, module: nn.Module) -> str:
@@ -100,21 +108,22 @@ class _Tap:
         if output is None:
             return
         site, name = self.sites[module], self._name(module)
-        if self.blocks:  # depth is the block it runs in; 0 outside every block
-            layer = self.inside[-1] if self.inside else 0
-        else:  # depth is the number of projections so far
+        position = getattr(module, "probe_position", None)  # (layer, sublayer): residual models
+        if position is None and self.blocks:  # depth is the block it runs in; 0 outside all
+            position = (self.inside[-1] if self.inside else 0, None)
+        elif position is None:  # depth is the number of projections so far
             self.layer += site == "pre"
-            layer = self.layer
+            position = (self.layer, None)
         if site == "pre":
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
                 self.weight_hooked.add(module)
                 self.handles.append(
-                    weight.register_hook(partial(self.grad_hook, layer, name, "weight"))
+                    weight.register_hook(partial(self.grad_hook, *position, name, "weight"))
                 )
-        self.record(layer, name, site, "activation", output)
+        self.record(*position, name, site, "activation", output)
         if output.requires_grad:
-            output.register_hook(partial(self.grad_hook, layer, name, site))
+            output.register_hook(partial(self.grad_hook, *position, name, site))
 
     def block_enter(self, module: nn.Module, args: Any) -> None:
         self.inside.append(self.blocks[module])
@@ -127,12 +136,13 @@ class _Tap:
             return
         layer, name = self.blocks[module], self._name(module)
         self.stream = (name, stream)
-        self.record(layer, name, "block", "activation", stream)
+        self.record(layer, None, name, "block", "activation", stream)
         if stream.requires_grad:
-            stream.register_hook(partial(self.grad_hook, layer, name, "block"))
+            stream.register_hook(partial(self.grad_hook, layer, None, name, "block"))
 
-    def grad_hook(self, layer: int, name: str, site: str, grad: torch.Tensor) -> None:
-        self.record(layer, name, site, "gradient", grad)
+    def grad_hook(self, layer: int, sublayer: Optional[int], name: str, site: str,
+                  grad: torch.Tensor) -> None:
+        self.record(layer, sublayer, name, site, "gradient", grad)
 
     def attach(self) -> None:
         for module in self.sites:
@@ -330,9 +340,13 @@ _QUANTITY_RANK = {q: i for i, q in enumerate(QUANTITIES)}
 
 
 def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
-    """The records as rows in the order quantity, layer, site (firing order breaks ties)."""
-    layer, module, site, quantity, n = (list(column) for column in zip(*meta)) if meta else [[]] * 5
+    """The records as rows in the order quantity, layer, sublayer (empty last), site
+    (firing order breaks ties)."""
+    layer, sublayer, module, site, quantity, n = (
+        (list(column) for column in zip(*meta)) if meta else [[] for _ in range(6)])
+    missing = np.iinfo(np.int64).max  # block and branch rows after the branch's layers
     order = np.lexsort((np.array([_SITE_RANK.get(s, len(SITES)) for s in site], dtype=np.int64),
+                        np.array([missing if k is None else k for k in sublayer], dtype=np.int64),
                         np.array(layer, dtype=np.int64),
                         np.array([_QUANTITY_RANK[q] for q in quantity], dtype=np.int64)))
     mean, var = stats[order, 0], stats[order, 1]
@@ -340,6 +354,7 @@ def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
         second_moment = var + mean * mean
     columns = {
         "layer": np.array(layer, dtype=np.int64)[order],
+        "sublayer": pd.array([sublayer[i] for i in order], dtype="Int64"),  # empty outside branches
         "module": np.array(module, dtype=object)[order],
         "site": np.array(site, dtype=object)[order],
         "quantity": np.array(quantity, dtype=object)[order],

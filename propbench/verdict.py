@@ -3,7 +3,9 @@
 For ``activation``: r = Var(post-activation at the last layer) / Var(at the first layer).
 For ``gradient``: r = Var(gradient w.r.t. the pre-activation at the first layer) /
 Var(at the last layer) -- the backward signal travels from the last layer to the first.
-Variances are averaged over trials first. ``stable`` if |log10 r| <= 1 (less than a
+Variances are averaged over trials first. For residual networks (a frame with ``block``
+rows) both are read on the stream instead: the variance of the blocks' outputs, last block
+/ first block, and of the gradient with respect to them, first block / last block. ``stable`` if |log10 r| <= 1 (less than a
 factor 10 end to end), ``vanishing`` below -1, ``exploding`` above 1 or as soon as any
 element overflowed to inf/NaN; ``first_nonfinite_layer`` names where, counted in the
 direction the signal travels (forward: lowest layer, backward: highest); ``undetermined``
@@ -155,6 +157,7 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "first_inf_variance_layer": first_inf_variance_layer(frame, quantity),
             "start_var": float(start),  # where the signal enters
             "end_var": float(end),  # where it leaves
+            "site": site,
         }
     return out
 

@@ -8,7 +8,8 @@ from propbench.errors import ConfigError
 
 # what an option needs besides its name
 NEEDS = {"custom": ["model._target_=torch.nn.Linear", "model.in_features=4",
-                    "model.out_features=2", "input.shape=[4]"]}
+                    "model.out_features=2", "input.shape=[4]"],
+         "fixup": ["model=resmlp"]}  # refused on plain models
 
 
 @pytest.mark.parametrize("group", ["model", "act", "init"])
@@ -35,7 +36,7 @@ def test_each_scheme_has_only_its_own_parameters():
 
 
 def test_required_groups_and_options_exist():
-    assert set(group_options("model")) == {"mlp", "cnn", "custom"}
+    assert set(group_options("model")) == {"mlp", "cnn", "resmlp", "resnet", "custom"}
     assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
             "linear"} <= set(group_options("act"))
     assert {"default", "kaiming", "xavier", "lecun", "orthogonal", "scaled"} <= set(group_options("init"))

@@ -21,6 +21,9 @@ REDUCED = {
     # depth 16 (the CNNs too), one example: the spread grows 0.05 a layer for tanh +
     # orthogonal and 0.08 for the delta-orthogonal CNN between layers 8 and 16, >= 1 elsewhere
     "dynamical_isometry": ["depth=16", "spectrum.examples=1"],
+    "residual_scaling": ["batch_size=64", "trials=1", "depth=10"],
+    "bn_resnet": ["trials=1", "depth=10,30"],
+    "nf_resnet": ["trials=1", "depth=16"],
 }
 
 
