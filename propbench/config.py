@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from propbench.activations import ACTIVATIONS
 from propbench.errors import ConfigError, first_line
@@ -28,7 +28,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 # the choices of the enum-typed keys; OmegaConf refuses anything else, naming these
-Norm = Enum("Norm", {v: v for v in ("none", "batchnorm")}, module=__name__)
+Norm = Enum("Norm", {v: v for v in ("none", "batchnorm", "layernorm")}, module=__name__)
+Order = Enum("Order", {v: v for v in ("pre", "post")}, module=__name__)
 Pool = Enum("Pool", {v: v for v in ("none", "max", "avg")}, module=__name__)
 DType = Enum("DType", {v: v for v in ("float32", "float64")}, module=__name__)
 
@@ -44,6 +45,8 @@ class ModelConfig:
 
     name: str = "mlp"
     norm: Norm = Norm.none  # BatchNorm after each Linear/Conv, before the activation
+    # False: a pass runs one network (trials one at a time), not a stack of trials
+    stackable: ClassVar[bool] = True
 
     def check(self) -> None:
         """Range checks of this model's keys (ConfigError, one line)."""
@@ -100,7 +103,68 @@ class CNNConfig(ModelConfig):
         return super().theory_gap()
 
 
-MODELS: dict[str, type[ModelConfig]] = {model.name: model for model in (MLPConfig, CNNConfig)}
+INV_SQRT_DEPTH = "inv_sqrt_depth"
+
+
+def branch_scale(alpha: Any, depth: int) -> float:
+    """A residual branch multiplier as a number: ``alpha``, or 1/sqrt(depth) for
+    ``inv_sqrt_depth``."""
+    return 1.0 / math.sqrt(depth) if alpha == INV_SQRT_DEPTH else float(alpha)
+
+
+def _check_alpha(alpha: Any) -> None:
+    if alpha == INV_SQRT_DEPTH:
+        return
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(alpha, bool) or not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"model.alpha={alpha}: must be a finite number >= 0 or {INV_SQRT_DEPTH}")
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """``depth`` blocks of multi-head self-attention and an MLP on inputs of shape
+    ``(batch_size, tokens, width)`` (propbench.transformer): pre-LN (GPT-2) or post-LN
+    (Vaswani et al. 2017) residual sublayers ``x + alpha * branch(x)``."""
+
+    name: str = "transformer"
+    norm: Norm = Norm.layernorm  # layernorm | none: the LayerNorm of each sublayer
+    heads: int = 4  # attention heads; must divide width
+    tokens: int = 64  # sequence length
+    mlp_ratio: int = 4  # MLP hidden units per width unit; 0: attention-only blocks
+    order: Order = Order.pre  # pre: x + branch(LN(x)); post: LN(x + branch(x))
+    final_norm: bool = True  # a LayerNorm after the last block (GPT-2's ln_f)
+    alpha: Any = 1.0  # branch multiplier: a number >= 0 or inv_sqrt_depth (1/sqrt(depth))
+    residual: bool = True  # false: no skip connections, x -> alpha * branch(x)
+    causal: bool = False  # mask the future tokens (a decoder)
+    stackable: ClassVar[bool] = False
+
+    def check(self) -> None:
+        for key in ("heads", "tokens"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        _at_least("model.mlp_ratio", self.mlp_ratio, 0)
+        if self.norm == Norm.batchnorm:
+            raise ConfigError("model.norm=batchnorm: a transformer takes layernorm or none")
+        _check_alpha(self.alpha)
+
+    def check_width(self, width: int) -> None:
+        if width % self.heads:
+            raise ConfigError(f"model.heads={self.heads}: must divide width={width}")
+
+    def footprint(self) -> tuple[int, int]:
+        # q, k, v, out and the MLP's two layers; per token about 8 + 3 ratio saved tensors
+        # of width units, and heads * tokens attention probabilities (counted for width >= 64)
+        per_token = 8 + 3 * self.mlp_ratio + math.ceil(self.heads * self.tokens / 64)
+        return 4 + 2 * self.mlp_ratio, self.tokens * per_token
+
+    def theory_gap(self) -> Optional[str]:
+        return "the mean-field recursion does not model attention or LayerNorm"
+
+
+MODELS: dict[str, type[ModelConfig]] = {
+    model.name: model for model in (MLPConfig, CNNConfig, TransformerConfig)}
 
 
 @dataclass
@@ -220,6 +284,8 @@ def validate(s: PropbenchConfig) -> None:
     for group in GROUPS:
         _option(group, getattr(s, group))
     s.model.check()
+    if hasattr(s.model, "check_width"):
+        s.model.check_width(s.width)
     _check_slope(s.act)
     s.init.check()
 

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from propbench.activations import make_activation
-from propbench.config import DType, Norm, Pool, PropbenchConfig, settings
+from propbench.config import DType, Norm, Order, Pool, PropbenchConfig, branch_scale, settings
 from propbench.errors import choose
 from propbench.inits import init_model
 from propbench.seeds import trial_seeds
+from propbench.transformer import (ResidualSublayer, SelfAttention, Transformer, TransformerBlock,
+                                   mlp_branch)
 
 
 class Block(nn.Module):
@@ -97,8 +99,31 @@ def cnn(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
     return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
 
 
+def transformer(s: PropbenchConfig, dtype: torch.dtype) -> Transformer:
+    """``depth`` transformer blocks (see TransformerConfig and propbench.transformer)."""
+    model, width = s.model, s.width
+    alpha = branch_scale(model.alpha, s.depth)
+
+    def norm() -> Optional[nn.Module]:
+        return nn.LayerNorm(width, dtype=dtype) if model.norm == Norm.layernorm else None
+
+    def sublayer(branch: nn.Module) -> ResidualSublayer:
+        return ResidualSublayer(branch, norm(), alpha, model.order == Order.pre, model.residual)
+
+    blocks = []
+    for _ in range(s.depth):
+        parts = [sublayer(SelfAttention(width, model.heads, model.causal, s.bias, dtype))]
+        if model.mlp_ratio > 0:
+            act = make_activation(s.act.name, s.act.slope).to(dtype)
+            parts.append(sublayer(mlp_branch(width, model.mlp_ratio, act, s.bias, dtype)))
+        blocks.append(TransformerBlock(*parts))
+    final = nn.LayerNorm(width, dtype=dtype) if model.final_norm else None
+    return Transformer(blocks, final, (model.tokens, width))
+
+
 # model name (a key of propbench.config.MODELS) -> the function that builds it
-BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], DeepStack]] = {"mlp": mlp, "cnn": cnn}
+BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], nn.Module]] = {
+    "mlp": mlp, "cnn": cnn, "transformer": transformer}
 DTYPES = {DType.float32: torch.float32, DType.float64: torch.float64}
 
 

@@ -30,12 +30,16 @@ from torch import nn
 from propbench.activations import is_activation
 from propbench.inits import NORM_TYPES, WEIGHTED_TYPES
 from propbench.moments import Moments
+from propbench.tokens import attention_entropy, token_similarity
 
-SITES = ("pre", "norm", "post", "weight")
-QUANTITIES = ("activation", "gradient", "correlation")
+# branch: a residual branch's output (before alpha); block: a block's output, the stream
+SITES = ("pre", "norm", "post", "weight", "branch", "block", "attention")
+# token_similarity: per block, mean cosine similarity of a sequence's tokens (block rows);
+# attention_entropy: mean entropy of the attention rows in nats (attention rows)
+QUANTITIES = ("activation", "gradient", "correlation", "token_similarity", "attention_entropy")
 FRAME_COLUMNS = [
-    "layer", "module", "site", "quantity", "mean", "var", "second_moment", "n", "nonfinite",
-    "channel_mean_sq", "channel_var",
+    "layer", "sublayer", "module", "site", "quantity", "mean", "var", "second_moment", "n",
+    "nonfinite", "channel_mean_sq", "channel_var",
 ]
 
 def classify(module: nn.Module) -> Optional[str]:
@@ -54,7 +58,10 @@ def classify(module: nn.Module) -> Optional[str]:
 
 
 def default_modules(model: nn.Module) -> list[nn.Module]:
-    """Every leaf module of ``model`` that :func:`classify` gives a site."""
+    """Every leaf module of ``model`` that :func:`classify` gives a site (a propbench model
+    names its own: ``probed_modules()``, residual blocks and branches included)."""
+    if hasattr(model, "probed_modules"):
+        return model.probed_modules()
     return [
         m for m in model.modules() if not list(m.children()) and classify(m) is not None
     ]
@@ -69,44 +76,61 @@ def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
 class _Tap:
     """The hooks of one pass and what they recorded (metadata on the host, stats on device).
 
-    ``split`` turns a hooked tensor into its per-trial view (T, *shape)."""
+    ``split`` turns a hooked tensor into its per-trial view (T, *shape). A module with a
+    ``probe_position`` (layer, sublayer) is recorded there (propbench's residual blocks);
+    otherwise each firing of a Linear/Conv starts a new layer, and sublayer is empty."""
 
     sites: dict[nn.Module, str]
     names: dict[nn.Module, str]
     split: Callable[..., torch.Tensor] = _one_trial
     pairs: bool = False
     layer: int = 0
-    meta: list[tuple[int, str, str, str, int]] = field(default_factory=list)
+    meta: list[tuple[int, Optional[int], str, str, str, int]] = field(default_factory=list)
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
     weight_hooked: set[nn.Module] = field(default_factory=set)
+    token_dim: Optional[int] = None  # the tokens' axis of a block output: token_similarity
 
-    def record(self, layer: int, name: str, site: str, quantity: str, t: torch.Tensor) -> None:
+    def record(self, layer: int, sublayer: Optional[int], name: str, site: str, quantity: str,
+               t: torch.Tensor) -> None:
         v = self.split(t, site == "weight")
-        self.meta.append((layer, name, site, quantity, v[0].numel()))
+        self.meta.append((layer, sublayer, name, site, quantity, v[0].numel()))
         self.stats.add(v, per_channel=site != "weight")
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
-            self.meta.append((layer, name, site, "correlation", v.shape[1] // 2))
+            self.meta.append((layer, sublayer, name, site, "correlation", v.shape[1] // 2))
             self.stats.add_pairs(v)
+        if self.token_dim is not None and quantity == "activation" and site == "block":
+            similarity = token_similarity(v.flatten(0, 1), self.token_dim).view(v.shape[:2])
+            self.meta.append((layer, sublayer, name, site, "token_similarity", v.shape[1]))
+            self.stats.add(similarity, per_channel=False)
 
     def forward_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         if not isinstance(output, torch.Tensor):
             return
         site, name = self.sites[module], self.names[module]
+        position = getattr(module, "probe_position", None)
+        if position is None:
+            self.layer += site == "pre"
+            position = (self.layer, None)
+        if site == "attention":  # probabilities: their entropy, per row
+            entropy = attention_entropy(self.split(output)).flatten(1)
+            self.meta.append((*position, name, site, "attention_entropy", entropy.shape[1]))
+            self.stats.add(entropy, per_channel=False)
+            return
         if site == "pre":
-            self.layer += 1
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
                 self.weight_hooked.add(module)
                 self.handles.append(
-                    weight.register_hook(partial(self.grad_hook, self.layer, name, "weight"))
+                    weight.register_hook(partial(self.grad_hook, *position, name, "weight"))
                 )
-        self.record(self.layer, name, site, "activation", output)
+        self.record(*position, name, site, "activation", output)
         if output.requires_grad:
-            output.register_hook(partial(self.grad_hook, self.layer, name, site))
+            output.register_hook(partial(self.grad_hook, *position, name, site))
 
-    def grad_hook(self, layer: int, name: str, site: str, grad: torch.Tensor) -> None:
-        self.record(layer, name, site, "gradient", grad)
+    def grad_hook(self, layer: int, sublayer: Optional[int], name: str, site: str,
+                  grad: torch.Tensor) -> None:
+        self.record(layer, sublayer, name, site, "gradient", grad)
 
     def attach(self) -> None:
         for module in self.sites:
@@ -124,7 +148,8 @@ def _drop_grad(parameter: torch.Tensor) -> None:
 
 def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module]],
              cotangent: Callable[[torch.Tensor], torch.Tensor], pairs: bool, keep_grads: bool,
-             split: Callable[..., torch.Tensor] = _one_trial) -> tuple[list[tuple], np.ndarray]:
+             split: Callable[..., torch.Tensor] = _one_trial,
+             token_dim: Optional[int] = None) -> tuple[list[tuple], np.ndarray]:
     """One forward+backward with the hooks; the records' metadata and their stats as a
     (records, trials, 5) array."""
     modules = default_modules(model) if modules is None else list(modules)
@@ -132,7 +157,8 @@ def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module
     unknown = [m for m in modules if m not in names]
     if unknown:
         raise ValueError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
-    tap = _Tap({m: classify(m) or "post" for m in modules}, names, split, pairs)
+    tap = _Tap({m: classify(m) or "post" for m in modules}, names, split, pairs,
+               token_dim=token_dim)
     model.zero_grad(set_to_none=True)
     tap.attach()
     if not keep_grads:  # free each gradient as soon as it lands: no second copy of the weights
@@ -162,6 +188,7 @@ def probe(
     seed: int = 0,
     pairs: bool = False,
     keep_grads: bool = True,
+    token_dim: Optional[int] = None,
 ) -> pd.DataFrame:
     """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
 
@@ -174,7 +201,13 @@ def probe(
     net needs no second copy of its weights. With ``pairs=True`` the batch is
     read as pairs (rows 2i, 2i+1), and each pre- and post-activation also gets a
     ``correlation`` row: the mean over pairs of the cosine similarity of their outputs
-    (``n`` = number of pairs, ``var`` its spread over the pairs).
+    (``n`` = number of pairs, ``var`` its spread over the pairs). With ``token_dim`` (the
+    tokens' axis of a block output, 1 for ``(batch, tokens, width)``) each ``block`` row
+    also gets a ``token_similarity`` row: per example the mean cosine similarity between
+    its distinct tokens (:func:`propbench.tokens.token_similarity`; 1 = collapsed), ``mean``
+    over the batch, ``n`` = batch size. Attention probabilities (a module with
+    ``probe_site = "attention"``, as propbench's transformer has) give one
+    ``attention_entropy`` row each: the mean entropy of the attention rows in nats.
 
     Returns one row per (layer, site, quantity) with columns ``FRAME_COLUMNS``: ``var`` is
     the population variance over all elements (batch, units, positions), exact to float64
@@ -190,18 +223,20 @@ def probe(
     def draw(output: torch.Tensor) -> torch.Tensor:
         return _normal(output.shape, seed, output.dtype) if cotangent is None else cotangent
 
-    meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads)
+    meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads, token_dim=token_dim)
     return _frame(meta, stats[:, 0])
 
 
 def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[int],
-                 pairs: bool = False, keep_grads: bool = True) -> pd.DataFrame:
+                 pairs: bool = False, keep_grads: bool = True,
+                 token_dim: Optional[int] = None) -> pd.DataFrame:
     """Probe the T networks of a :class:`propbench.stacked.TrialStack` in one pass.
 
     ``inputs[t]`` and the cotangent drawn with ``seeds[t]`` are what :func:`probe` (with
     ``seed=seeds[t]``) would give trial t's own network; the result is the T frames
     :func:`probe` would return, with a leading ``trial`` column 0..T-1, equal up to
-    floating-point summation order. T = 1 is a single network.
+    floating-point summation order. T = 1 is a single network. ``token_dim`` defaults to
+    the model's own (the transformer's: 1).
     """
     if len(inputs) != model.trials or len(seeds) != model.trials:
         raise ValueError(f"probe_trials: {model.trials} trials need as many inputs and seeds")
@@ -212,7 +247,7 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
         return model.merge([_normal(shape, seed, output.dtype) for seed in seeds])
 
     meta, stats = _measure(model, merged_inputs, model.probed_modules(), draw, pairs, keep_grads,
-                           model.split)
+                           model.split, getattr(model, "token_dim", None) if token_dim is None else token_dim)
     frames = [_frame(meta, stats[:, t]) for t in range(model.trials)]
     for t, frame in enumerate(frames):
         frame.insert(0, "trial", t)
@@ -220,7 +255,8 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
 
 
 def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
-    frame = pd.DataFrame(meta, columns=["layer", "module", "site", "quantity", "n"])
+    frame = pd.DataFrame(meta, columns=["layer", "sublayer", "module", "site", "quantity", "n"])
+    frame["sublayer"] = frame["sublayer"].astype("Int64")  # empty outside residual branches
     mean, var = stats[:, 0], stats[:, 1]
     with np.errstate(over="ignore", invalid="ignore"):
         frame["mean"], frame["var"], frame["second_moment"] = mean, var, var + mean * mean
@@ -228,5 +264,6 @@ def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
     frame["channel_mean_sq"], frame["channel_var"] = stats[:, 3], stats[:, 4]
     site_rank = frame["site"].map({s: i for i, s in enumerate(SITES)})
     quantity_rank = frame["quantity"].map({q: i for i, q in enumerate(QUANTITIES)})
-    order = np.lexsort((site_rank, frame["layer"], quantity_rank))  # stable: firing order ties
+    sublayer_rank = frame["sublayer"].fillna(np.iinfo(np.int64).max).to_numpy()  # block rows last
+    order = np.lexsort((site_rank, sublayer_rank, frame["layer"], quantity_rank))  # stable
     return frame.iloc[order][FRAME_COLUMNS].reset_index(drop=True)

@@ -159,6 +159,10 @@ def stack(models: Sequence[DeepStack]) -> TrialStack:
     if trials < 1:
         raise ValueError("stack: needs at least one model")
     first = models[0]
+    if not isinstance(first, DeepStack):  # a model that runs one trial per pass (transformer)
+        if trials > 1:
+            raise ValueError(f"stack: {type(first).__name__} runs one trial at a time")
+        return first
     first_weight = getattr(first.blocks[0], first.blocks[0].weight_name)
     layout = "cnn" if isinstance(first_weight, nn.Conv2d) else "mlp"
     blocks = []
