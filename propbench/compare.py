@@ -2,7 +2,9 @@
 network, gives the frame its ``theory`` column and the summary its ``theory`` block.
 
 The prediction applies to the MLP without normalization, for every init whose weights are
-zero-mean. For the CNN it is the same recursion per pixel with ``fan_in = channels * k^2``,
+zero-mean, and to the pre-activation residual MLP (``resmlp``) without normalization or
+with LayerNorm (:func:`propbench.theory.predict_residual`: the stream adds the branches'
+variances). For the CNN it is the same recursion per pixel with ``fan_in = channels * k^2``,
 zero padding included (:func:`propbench.theory.predict_conv`): at 16x16 the borders cost 8%
 of the variance at layer 1 and 2.5% a layer by layer 24. Where theory does not apply
 (BatchNorm, pooling) the column stays empty and the summary says why.
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from propbench import theory
-from propbench.verdict import SIGNALS
+from propbench.verdict import SIGNALS, signal_site
 
 # (quantity, site) -> the Prediction field that predicts that row's variance
 PREDICTED = {
@@ -29,6 +31,16 @@ PREDICTED = {
     ("gradient", "weight"): "grad_weight_var",
     ("correlation", "pre"): "correlation",  # the mean correlation, not a variance
 }
+# the same for a residual network's rows: (block) arrays, or (block, sublayer) arrays
+RESIDUAL_PREDICTED = {
+    ("activation", "block"): "stream", ("activation", "branch"): "branch",
+    ("activation", "pre"): "pre", ("activation", "norm"): "norm",
+    ("activation", "post"): "post_var",
+    ("gradient", "block"): "grad_stream", ("gradient", "branch"): "grad_branch",
+    ("gradient", "pre"): "grad_pre", ("gradient", "norm"): "grad_norm",
+    ("gradient", "post"): "grad_post", ("gradient", "weight"): "grad_weight",
+}
+RESIDUAL_NOTE = "residual mean-field recursion q_l = q_(l-1) + alpha^2 B(q_(l-1)) (infinite width)"
 CNN_NOTE = ("mean-field recursion per pixel with zero padding (infinite width); the "
             "correlation ignores the borders")
 
@@ -40,7 +52,7 @@ class Theory:
     weights are zero-mean."""
 
     note: str
-    prediction: Optional[theory.Prediction] = None
+    prediction: Optional[theory.Prediction | theory.ResidualPrediction] = None
     sigmas: Optional[tuple[float, float]] = None
     act: str = "relu"
     slope: Optional[float] = None
@@ -51,6 +63,10 @@ class Theory:
         fans of the built layers, not their values."""
         from propbench.inits import WEIGHTED_TYPES, layer_variances
 
+        from propbench.config import ResidualKeys
+
+        if isinstance(s.model, ResidualKeys):  # (a transformer's `residual` is a key)
+            return cls._residual(s, model)
         weighted = [m for m in model.probed_modules() if isinstance(m, WEIGHTED_TYPES)]
         variances = layer_variances(weighted, s.init, s.act.name, s.act.slope)
         if variances is None:
@@ -73,11 +89,45 @@ class Theory:
         return cls("mean-field recursion (infinite width)", predicted, sigmas, s.act.name,
                    s.act.slope)
 
+    @classmethod
+    def _residual(cls, s: Any, model: Any) -> Theory:
+        """The residual recursion for the branches' layers, each with its init's Var(W)
+        times the scheme's branch multiplier (Fixup's)."""
+        from propbench.inits import layer_variances
+
+        branches = model.branches()
+        depth, layers = len(branches), len(branches[0])
+        variances = layer_variances([m for b in branches for m in b], s.init, s.act.name,
+                                    s.act.slope)
+        if variances is None:
+            return cls("the weights are not zero-mean (uniform with a != -b)")
+        w2, b2, back = (np.array(v).reshape(depth, layers) for v in zip(*variances))
+        factors = np.array(s.init.branch_multipliers(depth, layers))
+        w2, back, b2 = w2 * factors, back * factors, np.where(factors == 0, 0.0, b2)
+        sigmas = (float(w2[depth // 2, 0]), float(b2[depth // 2, 0]))
+        gap = s.model.theory_gap()
+        if gap:
+            return cls(gap, sigmas=sigmas)
+        predicted = theory.predict_residual(
+            s.act.name, w2, b2, depth, layers, s.model.branch_scale(s.depth),
+            layernorm=s.model.norm.value == "layernorm", slope=s.act.slope, batch=s.batch_size,
+            backward_w2=back)
+        return cls(RESIDUAL_NOTE, predicted, sigmas, s.act.name, s.act.slope)
+
     def column(self, frame: pd.DataFrame) -> np.ndarray:
         """The predicted ``var`` of every row of ``frame`` -- for ``correlation`` rows the
         predicted correlation (their ``mean``) -- NaN where none applies."""
         out = np.full(len(frame), np.nan)
         if self.prediction is None:
+            return out
+        if isinstance(self.prediction, theory.ResidualPrediction):
+            for (quantity, site), name in RESIDUAL_PREDICTED.items():
+                predicted = getattr(self.prediction, name)
+                rows = ((frame["quantity"] == quantity) & (frame["site"] == site)).to_numpy()
+                index = (frame.loc[rows, "layer"].to_numpy() - 1,)
+                if predicted.ndim == 2:
+                    index += (frame.loc[rows, "sublayer"].to_numpy(dtype=int) - 1,)
+                out[rows] = predicted[index]
             return out
         for (quantity, site), name in PREDICTED.items():
             predicted = getattr(self.prediction, name)
@@ -96,9 +146,16 @@ class Theory:
             return {"applies": False, "note": self.note}
         sigma_w2, sigma_b2 = self.sigmas
         block = {"applies": True, "note": self.note, "sigma_w2": sigma_w2, "sigma_b2": sigma_b2}
-        block.update(theory.depth_scales(self.act, sigma_w2, sigma_b2, self.slope))
+        p = self.prediction
+        if isinstance(p, theory.ResidualPrediction):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                block["stream_log10_ratio"] = float(np.log10(p.stream[-1] / p.stream[0]))
+                block["gradient_log10_ratio"] = float(np.log10(p.grad_stream[0] / p.grad_stream[-1]))
+        else:
+            block.update(theory.depth_scales(self.act, sigma_w2, sigma_b2, self.slope))
         block["relative_deviation"] = {
-            quantity: deviation(frame, quantity, site) for quantity, (site, _) in SIGNALS.items()}
+            quantity: deviation(frame, quantity, signal_site(frame, quantity))
+            for quantity in SIGNALS}
         return block
 
 

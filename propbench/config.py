@@ -44,22 +44,31 @@ class ModelConfig:
     """What every model has; each option ``model=NAME`` extends it (see :data:`MODELS`)."""
 
     name: str = "mlp"
-    norm: Norm = Norm.none  # BatchNorm after each Linear/Conv, before the activation
+    # after each Linear/Conv, before the activation: BatchNorm, or LayerNorm (for
+    # convolutions GroupNorm with one group: over channels and positions)
+    norm: Norm = Norm.none
+    residual: ClassVar[bool] = False  # x -> x + alpha * branch(x) blocks (ResidualKeys)
     # False: a pass runs one network (trials one at a time), not a stack of trials
     stackable: ClassVar[bool] = True
 
     def check(self) -> None:
         """Range checks of this model's keys (ConfigError, one line)."""
 
+    def layers_per_block(self) -> int:
+        """Weight layers in a block (a residual block's branch has ``branch_layers``)."""
+        return 1
+
     def footprint(self) -> tuple[int, int]:
         """(weight elements per width^2, activation elements per unit of width) of a block,
         for the memory estimate."""
-        return 1, 1
+        return self.layers_per_block(), 1
 
     def theory_gap(self) -> Optional[str]:
         """Why the mean-field recursion does not describe this model, or None."""
         if self.norm == Norm.batchnorm:
             return "BatchNorm normalizes with batch statistics; the mean-field recursion does not model it"
+        if self.norm == Norm.layernorm and not self.residual:
+            return "LayerNorm in a plain stack is not modelled (the residual theory of resmlp is)"
         return None
 
 
@@ -95,7 +104,8 @@ class CNNConfig(ModelConfig):
 
     def footprint(self) -> tuple[int, int]:
         # channel growth and pooling trade channels for pixels; the first stage bounds both
-        return self.kernel_size**2 * self.channel_growth**2, self.image_size**2
+        return (self.layers_per_block() * self.kernel_size**2 * self.channel_growth**2,
+                self.image_size**2)
 
     def theory_gap(self) -> Optional[str]:
         if self.stage_every > 0 and self.pool != Pool.none:
@@ -106,13 +116,8 @@ class CNNConfig(ModelConfig):
 INV_SQRT_DEPTH = "inv_sqrt_depth"
 
 
-def branch_scale(alpha: Any, depth: int) -> float:
-    """A residual branch multiplier as a number: ``alpha``, or 1/sqrt(depth) for
-    ``inv_sqrt_depth``."""
-    return 1.0 / math.sqrt(depth) if alpha == INV_SQRT_DEPTH else float(alpha)
-
-
-def _check_alpha(alpha: Any) -> None:
+def check_alpha(alpha: Any) -> None:
+    """A branch multiplier is a finite number >= 0 or ``inv_sqrt_depth``."""
     if alpha == INV_SQRT_DEPTH:
         return
     try:
@@ -121,6 +126,84 @@ def _check_alpha(alpha: Any) -> None:
         value = math.nan
     if isinstance(alpha, bool) or not (math.isfinite(value) and value >= 0):
         raise ConfigError(f"model.alpha={alpha}: must be a finite number >= 0 or {INV_SQRT_DEPTH}")
+
+
+@dataclass
+class ResidualKeys:
+    """The keys of a residual model: ``depth`` blocks ``x -> x + alpha * branch(x)``
+    (He et al. 2016). A branch has ``branch_layers`` weight layers, each with the model's
+    ``norm`` and the activation, in the ``order`` ``pre`` (norm -> act -> weight: He et al.
+    2016, "Identity Mappings in Deep Residual Networks") or ``post`` (weight -> norm -> act,
+    the last activation after the addition: the original ResNet). ``alpha`` scales the
+    branch: a number (0 is SkipInit's start, De & Smith 2020) or ``inv_sqrt_depth``.
+    ``nf``: normalizer-free (Brock et al. 2021): the branch input is divided by the expected
+    standard deviation of the stream, and weights are scaled-weight-standardized."""
+
+    branch_layers: int = 2  # weight layers per branch
+    order: Order = Order.pre  # pre | post
+    alpha: Any = 1.0  # a number >= 0, or inv_sqrt_depth (1/sqrt(depth))
+    nf: bool = False  # normalizer-free: x / beta into the branch, standardized weights
+
+    def check(self) -> None:
+        _at_least("model.branch_layers", self.branch_layers, 1)
+        check_alpha(self.alpha)
+        if self.nf and self.norm != Norm.none:
+            raise ConfigError(f"model.nf=true: normalizer-free needs model.norm=none "
+                              f"(got {self.norm.value})")
+        if self.nf and self.order != Order.pre:
+            raise ConfigError("model.nf=true: normalizer-free blocks are pre-activation; "
+                              "use model.order=pre")
+
+    def branch_scale(self, depth: int) -> float:
+        """alpha as a number."""
+        return 1.0 / math.sqrt(depth) if self.alpha == INV_SQRT_DEPTH else float(self.alpha)
+
+    def layers_per_block(self) -> int:
+        return self.branch_layers
+
+    def residual_gap(self) -> Optional[str]:
+        """Why the residual mean-field recursion does not describe this model, or None."""
+        if self.order == Order.post:
+            return ("order=post: the activation after the addition makes the stream "
+                    "non-Gaussian with a nonzero mean; the recursion does not model it")
+        if self.nf:
+            return "model.nf=true: weight standardization is not modelled"
+        return None
+
+
+@dataclass
+class ResMLPConfig(ResidualKeys, MLPConfig):
+    """``depth`` residual blocks of width ``width`` (see ResidualKeys); the branch's layers
+    are Linear(width, width) with the model's norm and the activation."""
+
+    name: str = "resmlp"
+    residual: ClassVar[bool] = True
+
+    def check(self) -> None:
+        ResidualKeys.check(self)
+
+    def theory_gap(self) -> Optional[str]:
+        return self.residual_gap() or MLPConfig.theory_gap(self)
+
+
+@dataclass
+class ResNetConfig(ResidualKeys, CNNConfig):
+    """The CNN's stages (``stage_every``, ``channel_growth``, ``pool``) made of residual
+    blocks of k x k convolutions (see ResidualKeys). Where the shape changes (the first
+    block when ``in_channels != width``, the first block of a widening stage) the shortcut
+    is a 1x1 convolution [with the model's norm], as in torchvision's ResNets, and a new
+    stage's first block pools its input."""
+
+    name: str = "resnet"
+    residual: ClassVar[bool] = True
+
+    def check(self) -> None:
+        CNNConfig.check(self)
+        ResidualKeys.check(self)
+
+    def theory_gap(self) -> Optional[str]:
+        return ("the residual recursion is implemented for resmlp only; the per-pixel "
+                "recursion with zero padding and shortcut convolutions is not")
 
 
 @dataclass
@@ -137,9 +220,13 @@ class TransformerConfig(ModelConfig):
     order: Order = Order.pre  # pre: x + branch(LN(x)); post: LN(x + branch(x))
     final_norm: bool = True  # a LayerNorm after the last block (GPT-2's ln_f)
     alpha: Any = 1.0  # branch multiplier: a number >= 0 or inv_sqrt_depth (1/sqrt(depth))
-    residual: bool = True  # false: no skip connections, x -> alpha * branch(x)
+    # false: no skip connections, x -> alpha * branch(x) (a key here, where ModelConfig's
+    # class flag says whether the model has ResidualKeys' branches)
+    residual: bool = True
     causal: bool = False  # mask the future tokens (a decoder)
     stackable: ClassVar[bool] = False
+
+    branch_scale = ResidualKeys.branch_scale
 
     def check(self) -> None:
         for key in ("heads", "tokens"):
@@ -147,7 +234,7 @@ class TransformerConfig(ModelConfig):
         _at_least("model.mlp_ratio", self.mlp_ratio, 0)
         if self.norm == Norm.batchnorm:
             raise ConfigError("model.norm=batchnorm: a transformer takes layernorm or none")
-        _check_alpha(self.alpha)
+        check_alpha(self.alpha)
 
     def check_width(self, width: int) -> None:
         if width % self.heads:
@@ -164,7 +251,8 @@ class TransformerConfig(ModelConfig):
 
 
 MODELS: dict[str, type[ModelConfig]] = {
-    model.name: model for model in (MLPConfig, CNNConfig, TransformerConfig)}
+    model.name: model for model in
+    (MLPConfig, CNNConfig, ResMLPConfig, ResNetConfig, TransformerConfig)}
 
 
 @dataclass
@@ -179,11 +267,13 @@ class ActConfig:
 class Expectation:
     """One checkable consequence of an experiment's claim: every job whose overrides match
     ``where`` (e.g. ``{init: default, act: relu, depth: 100}``) gets one of ``verdict`` for
-    ``quantity``."""
+    ``quantity``, and its log10 ratio lies ``between`` the two numbers given."""
 
     where: dict[str, Any] = field(default_factory=dict)
     quantity: str = "activation"  # activation | gradient
-    verdict: list[str] = field(default_factory=list)  # accepted verdicts
+    verdict: list[str] = field(default_factory=list)  # accepted verdicts (empty: any)
+    # [low, high]: the log10 ratio must lie in it (a closed form's value, with its margin)
+    between: Optional[list[float]] = None
 
 
 @dataclass
@@ -288,6 +378,12 @@ def validate(s: PropbenchConfig) -> None:
         s.model.check_width(s.width)
     _check_slope(s.act)
     s.init.check()
+    if s.init.residual_only and not isinstance(s.model, ResidualKeys):
+        raise ConfigError(f"init={s.init.name}: only residual models take it (model=resmlp or "
+                          f"model=resnet, not model={s.model.name})")
+    if s.init.residual_only and getattr(s.model, "nf", False):
+        raise ConfigError(f"init={s.init.name}: zeroes layers that weight standardization "
+                          "(model.nf=true) cannot keep; use one or the other")
 
 
 def _schema() -> Any:

@@ -56,11 +56,13 @@ def estimate_bytes(s: Any, trials: int = 1) -> int:
 
 def trial_bytes(s: Any) -> int:
     """One trial's share: the weights once (their gradients are freed as they land), the
-    activations autograd keeps (the activation's ``saved_per_block``, +2 with BatchNorm)
+    activations autograd keeps (the activation's ``saved_per_block``, +2 with a norm, per
+    weight layer of a block, +1 for a residual stream)
     and a few in flight."""
     weight_factor, pixels = s.model.footprint()
     weights = s.depth * (s.width * s.width * weight_factor + 3 * s.width)
-    saved = ACTIVATIONS[s.act.name].saved_per_block + (2 if s.model.norm == Norm.batchnorm else 0)
+    saved = ACTIVATIONS[s.act.name].saved_per_block + (2 if s.model.norm != Norm.none else 0)
+    saved = saved * s.model.layers_per_block() + (1 if s.model.residual else 0)  # + the stream
     activation = s.batch_size * s.width * pixels
     return _ITEMSIZE[s.dtype] * (weights + s.depth * saved * activation + 4 * activation)
 

@@ -96,6 +96,12 @@ class InitConfig:
     name: str = "default"
     gain_from_activation: ClassVar[bool] = False  # null gain -> the activation's Kaiming gain
     auto_gain: ClassVar[bool] = False  # takes gain=auto
+    residual_only: ClassVar[bool] = False  # refused on plain models (it needs branches)
+
+    def branch_multipliers(self, depth: int, layers: int) -> list[float]:
+        """The factor on Var(W) of each weight layer of a residual branch (``layers`` of
+        them, in a network of ``depth`` blocks), after the scheme's own law: 1 here."""
+        return [1.0] * layers
 
     def law(self, fan_in: float, fan_out: float, gain: float) -> Law:
         raise NotImplementedError
@@ -219,6 +225,25 @@ XavierUniformInit, KaimingUniformInit = _uniform(XavierInit), _uniform(KaimingIn
 
 
 @dataclass
+class FixupInit(KaimingInit):
+    """Fixup (Zhang et al. 2019, "Fixup Initialization: Residual Learning Without
+    Normalization", sec. 3): in every residual branch of m weight layers the last is zero and
+    the others are He-scaled (``kaiming``'s law) times ``depth^(-1/(2m-2))`` in std, i.e.
+    Var(W) = gain^2 / fan_in * depth^(-1/(m-1)). Every branch then starts as 0, the stream
+    as the identity, and the gradient still reaches each branch's last layer. (Fixup's
+    scalar biases and multipliers start at 0 and 1 and are left out; so is its zero
+    classifier.) Residual models only."""
+
+    name: str = "fixup"
+    residual_only: ClassVar[bool] = True
+
+    def branch_multipliers(self, depth: int, layers: int) -> list[float]:
+        if layers == 1:
+            return [0.0]
+        return [depth ** (-1.0 / (layers - 1))] * (layers - 1) + [0.0]
+
+
+@dataclass
 class LecunInit(InitConfig):
     """LeCun et al. (1998): N(0, gain^2 / fan_in); gain null: 1 (self-normalizing SELU)."""
 
@@ -269,7 +294,7 @@ class ScaledInit(InitConfig):
 INITS: dict[str, type[InitConfig]] = {
     scheme.name: scheme for scheme in (
         DefaultInit, UniformInit, NormalInit, KaimingInit, KaimingUniformInit, XavierInit,
-        XavierUniformInit, LecunInit, OrthogonalInit, ScaledInit)
+        XavierUniformInit, LecunInit, OrthogonalInit, ScaledInit, FixupInit)
 }
 
 
@@ -340,7 +365,10 @@ def variance_scaling_(weight: Any, scale: float = 1.0, mode: str = "fan_in",
 
 def init_model(model: Any, init: InitConfig, act: str, slope: Optional[float] = None) -> None:
     """Apply the scheme ``init`` with ``Module.apply`` to every Linear and Conv of ``model``;
-    normalization layers get weight 1 and bias 0."""
+    normalization layers get weight 1 and bias 0. The weights of each residual branch
+    (``model.branches()``, if it has any) are then scaled by the scheme's
+    :meth:`InitConfig.branch_multipliers` (Fixup's rule), a zero multiplier zeroing the bias
+    too."""
     import torch
 
     gain = resolve_gain(init, act, slope)
@@ -360,6 +388,13 @@ def init_model(model: Any, init: InitConfig, act: str, slope: Optional[float] = 
 
     with torch.no_grad():
         model.apply(init_module)
+        branches = model.branches() if hasattr(model, "branches") else []
+        for weights in branches:
+            for module, factor in zip(weights, init.branch_multipliers(len(branches), len(weights))):
+                if factor != 1.0:
+                    module.weight.mul_(math.sqrt(factor))
+                    if factor == 0.0 and module.bias is not None:
+                        module.bias.zero_()
 
 
 def layer_variances(modules: list[Any], init: InitConfig, act: str,

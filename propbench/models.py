@@ -1,22 +1,29 @@
-"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks.
+"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks, and their
+residual versions ``resmlp`` and ``resnet``.
 
-A block is ``weight layer -> [BatchNorm] -> activation [-> pool]``. Module paths are
+A plain block is ``weight layer -> [norm] -> activation [-> pool]``. Module paths are
 ``blocks.<i>.linear`` / ``blocks.<i>.conv``, ``blocks.<i>.norm``, ``blocks.<i>.act``
 (i from 0), which is what the ``module`` column of the frame shows; the frame's ``layer``
-is i + 1.
+is i + 1. A residual block (:class:`propbench.residual.ResidualBlock`) has
+``blocks.<i>.branch.<k>.{norm,act,linear|conv}`` (k from 0; the frame's ``sublayer`` is
+k + 1) and, where the shape changes, ``blocks.<i>.shortcut``; its ``layer`` is i + 1 for
+every row of the block.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from propbench.activations import make_activation
-from propbench.config import DType, Norm, Order, Pool, PropbenchConfig, branch_scale, settings
+from propbench.config import DType, Norm, Order, Pool, PropbenchConfig, settings
 from propbench.errors import choose
 from propbench.inits import init_model
+from propbench.residual import (Branch, ResidualBlock, WSConv2d, WSLinear, nf_betas,
+                                nf_gamma)
 from propbench.seeds import trial_seeds
 from propbench.transformer import (ResidualSublayer, SelfAttention, Transformer, TransformerBlock,
                                    mlp_branch)
@@ -54,10 +61,35 @@ class DeepStack(nn.Module):
         return x if self.head is None else self.head(x)
 
     def probed_modules(self) -> list[nn.Module]:
-        """The modules whose outputs make the frame's rows: every block's leaves but pools."""
-        return [
-            m for block in self.blocks for name, m in block.named_children() if name != "pool"
-        ]
+        """The modules whose outputs make the frame's rows: every plain block's leaves but
+        pools; of a residual block, its branch's leaves, the branch and the block itself
+        (the stream), not the shortcut."""
+        modules = []
+        for block in self.blocks:
+            if isinstance(block, ResidualBlock):
+                modules += [m for sublayer in block.branch for m in sublayer]
+                modules += [block.branch, block]
+            else:
+                modules += [m for name, m in block.named_children() if name != "pool"]
+        return modules
+
+    def branches(self) -> list[list[nn.Module]]:
+        """Per residual block, its branch's weight layers in order (none for a plain stack)."""
+        return [[m for sublayer in block.branch for name, m in sublayer.named_children()
+                 if name in ("linear", "conv")]
+                for block in self.blocks if isinstance(block, ResidualBlock)]
+
+
+def make_norm(norm: Norm, features: int, conv: bool, dtype: torch.dtype) -> Optional[nn.Module]:
+    """The normalization layer ``norm`` names for ``features`` units or channels: BatchNorm
+    (per unit / channel over the batch [and positions]), LayerNorm (per example over its
+    units; for convolutions GroupNorm with one group: over channels and positions), or
+    None."""
+    if norm == Norm.batchnorm:
+        return (nn.BatchNorm2d if conv else nn.BatchNorm1d)(features, dtype=dtype)
+    if norm == Norm.layernorm:
+        return nn.GroupNorm(1, features, dtype=dtype) if conv else nn.LayerNorm(features, dtype=dtype)
+    return None
 
 
 def mlp(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
@@ -65,7 +97,7 @@ def mlp(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
         return Block(
             "linear",
             nn.Linear(s.width, s.width, bias=s.bias, dtype=dtype),
-            nn.BatchNorm1d(s.width, dtype=dtype) if s.model.norm == Norm.batchnorm else None,
+            make_norm(s.model.norm, s.width, False, dtype),
             make_activation(s.act.name, s.act.slope).to(dtype),
         )
 
@@ -86,7 +118,7 @@ def cnn(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
             Block(
                 "conv",
                 nn.Conv2d(channels, out, model.kernel_size, padding="same", bias=s.bias, dtype=dtype),
-                nn.BatchNorm2d(out, dtype=dtype) if model.norm == Norm.batchnorm else None,
+                make_norm(model.norm, out, True, dtype),
                 make_activation(s.act.name, s.act.slope).to(dtype),
                 pools[model.pool](2) if pooled else None,
             )
@@ -99,16 +131,89 @@ def cnn(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
     return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
 
 
+def _residual_block(s: PropbenchConfig, dtype: torch.dtype, layer: int, channels: int, out: int,
+                    beta: Optional[float], pool: Optional[nn.Module] = None) -> ResidualBlock:
+    """Block ``layer`` (from 1) from ``channels`` to ``out`` units/channels: a branch of
+    ``branch_layers`` sublayers in the model's order, a 1x1 conv shortcut if the two differ;
+    every probed module is told its (layer, sublayer) in ``probe_position``."""
+    model, conv = s.model, s.model.name == "resnet"
+    pre = model.order == Order.pre
+    gamma = nf_gamma(s.act.name, s.act.slope) if model.nf else None
+
+    def weight(fan_in: int, fan_out: int, kernel: int, gain: Optional[float]) -> nn.Module:
+        if conv:
+            conv_type, kwargs = (nn.Conv2d, {}) if gain is None else (WSConv2d, {"ws_gain": gain})
+            return conv_type(fan_in, fan_out, kernel, padding="same", bias=s.bias, dtype=dtype,
+                             **kwargs)
+        if gain is None:
+            return nn.Linear(fan_in, fan_out, bias=s.bias, dtype=dtype)
+        return WSLinear(fan_in, fan_out, bias=s.bias, dtype=dtype, ws_gain=gain)
+
+    sublayers = []
+    for k in range(model.branch_layers):
+        fan_in = channels if k == 0 else out
+        last = k == model.branch_layers - 1
+        parts = [("conv" if conv else "linear", weight(fan_in, out, model.kernel_size if conv else 1, gamma)),
+                 ("norm", make_norm(model.norm, fan_in if pre else out, conv, dtype)),
+                 ("act", None if last and not pre else make_activation(s.act.name, s.act.slope).to(dtype))]
+        if pre:  # norm -> act -> weight
+            parts = parts[1:] + parts[:1]
+        sublayer = nn.Sequential(OrderedDict((name, m) for name, m in parts if m is not None))
+        for m in sublayer:
+            m.probe_position = (layer, k + 1)
+        sublayers.append(sublayer)
+    shortcut = None
+    if channels != out:
+        parts = [("conv", weight(channels, out, 1, None if gamma is None else 1.0))]
+        if not pre:  # torchvision's projection: conv1x1 -> norm
+            parts.append(("norm", make_norm(model.norm, out, conv, dtype)))
+        shortcut = nn.Sequential(OrderedDict((name, m) for name, m in parts if m is not None))
+    after = None if pre else make_activation(s.act.name, s.act.slope).to(dtype)
+    block = ResidualBlock(Branch(*sublayers), model.branch_scale(s.depth), shortcut, after,
+                          beta, pool)
+    block.probe_position = block.branch.probe_position = (layer, None)
+    return block
+
+
+def resmlp(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
+    """``depth`` residual blocks of width ``width`` (see ResMLPConfig)."""
+    betas = (nf_betas([False] * s.depth, s.model.branch_scale(s.depth)) if s.model.nf
+             else [None] * s.depth)
+    blocks = [_residual_block(s, dtype, i + 1, s.width, s.width, betas[i]) for i in range(s.depth)]
+    return DeepStack(blocks, None, (s.width,))
+
+
+def resnet(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
+    """Residual conv blocks in the CNN's stages (see ResNetConfig): the first block maps
+    ``in_channels`` to ``width``; a new stage's first block pools its input and widens the
+    channels by ``channel_growth``."""
+    model = s.model
+    pools = {Pool.max: nn.MaxPool2d, Pool.avg: nn.AvgPool2d}
+    shapes, size, channels = [], model.image_size, model.in_channels
+    for i in range(s.depth):
+        new_stage = model.stage_every > 0 and i > 0 and i % model.stage_every == 0
+        out = s.width if i == 0 else channels * (model.channel_growth if new_stage else 1)
+        pooled = new_stage and model.pool in pools and size > 1
+        shapes.append((channels, out, pooled))
+        channels, size = out, size // 2 if pooled else size
+    betas = (nf_betas([c != o for c, o, _ in shapes], model.branch_scale(s.depth)) if model.nf
+             else [None] * s.depth)
+    blocks = [_residual_block(s, dtype, i + 1, c, o, betas[i], pools[model.pool](2) if p else None)
+              for i, (c, o, p) in enumerate(shapes)]
+    head = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, model.num_classes, dtype=dtype)
+    )
+    return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
+
+
 def transformer(s: PropbenchConfig, dtype: torch.dtype) -> Transformer:
     """``depth`` transformer blocks (see TransformerConfig and propbench.transformer)."""
     model, width = s.model, s.width
-    alpha = branch_scale(model.alpha, s.depth)
-
-    def norm() -> Optional[nn.Module]:
-        return nn.LayerNorm(width, dtype=dtype) if model.norm == Norm.layernorm else None
+    alpha = model.branch_scale(s.depth)
 
     def sublayer(branch: nn.Module) -> ResidualSublayer:
-        return ResidualSublayer(branch, norm(), alpha, model.order == Order.pre, model.residual)
+        return ResidualSublayer(branch, make_norm(model.norm, width, False, dtype), alpha,
+                                model.order == Order.pre, model.residual)
 
     blocks = []
     for _ in range(s.depth):
@@ -123,7 +228,7 @@ def transformer(s: PropbenchConfig, dtype: torch.dtype) -> Transformer:
 
 # model name (a key of propbench.config.MODELS) -> the function that builds it
 BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], nn.Module]] = {
-    "mlp": mlp, "cnn": cnn, "transformer": transformer}
+    "mlp": mlp, "cnn": cnn, "resmlp": resmlp, "resnet": resnet, "transformer": transformer}
 DTYPES = {DType.float32: torch.float32, DType.float64: torch.float64}
 
 

@@ -10,14 +10,18 @@ import numpy as np
 import pandas as pd
 
 from propbench.verdict import (SIGNALS, first_constant_layer, first_inf_variance_layer,
-                               first_nonfinite_layer, first_zero_layer, layer_variance)
+                               first_nonfinite_layer, first_zero_layer, layer_variance,
+                               signal_site)
 
 SITE_STYLE = {  # site -> (label, colour)
     "pre": ("pre-activation (Linear/Conv output)", "C0"),
     "norm": ("normalized (BatchNorm output)", "C2"),
     "post": ("post-activation", "C1"),
     "weight": ("weight", "C3"),
+    "block": ("residual stream (block output)", "C4"),
+    "branch": ("residual branch (before alpha)", "C5"),
 }
+RESIDUAL_SITES = ("block", "branch")  # what a residual frame shows unless asked for more
 PANELS = {  # quantity -> (panel title, label prefix)
     "activation": ("Forward: activation variance", ""),
     "gradient": ("Backward: gradient variance", "\u2202/\u2202 "),
@@ -89,25 +93,35 @@ def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
                    label=f"constant (variance 0) from layer {constant}")
 
 
+def _per_layer(rows: pd.DataFrame) -> Any:
+    """``var`` per layer: over a block's sublayers first (the mean), then across trials."""
+    keys = ["trial", "layer"] if "trial" in rows.columns else ["layer"]
+    return rows.groupby(keys)["var"].mean().groupby("layer")
+
+
 def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optional[Any] = None,
                   sites: Optional[Sequence[str]] = None) -> Any:
     """Variance against layer for one quantity, one line per site, on a log y axis.
 
     With several trials the line is the mean over trials and the band spans min..max.
+    ``sites`` default to every site in the frame, for a residual network (``block`` rows)
+    to the stream and the branch; a branch's sublayers are averaged per block.
     """
     if ax is None:
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     rows = frame[(frame["quantity"] == quantity) & (frame["layer"] >= 1)]
-    sites = sites or [s for s in SITE_STYLE if s in set(rows["site"])]
+    present = set(rows["site"])
+    default = RESIDUAL_SITES if "block" in present else SITE_STYLE
+    sites = sites or [s for s in default if s in present]
     depth = int(rows["layer"].max()) if not rows.empty else 0
     marker = "o" if depth <= 30 else None
     several_trials = "trial" in rows.columns and rows["trial"].nunique() > 1
     drawn = theory_drawn = False
     title, prefix = PANELS[quantity]
     for site in sites:
-        by_layer = rows[rows["site"] == site].groupby("layer")["var"]
+        by_layer = _per_layer(rows[rows["site"] == site])
         stats = by_layer.agg(["mean", "min", "max"]).reset_index()
         # Zero or non-finite variances have no place on a log axis; they are marked instead.
         ok = np.isfinite(stats["mean"]) & (stats["mean"] > 0)
@@ -119,7 +133,7 @@ def plot_variance(frame: pd.DataFrame, quantity: str = "activation", ax: Optiona
             ax.fill_between(stats["layer"][ok], stats["min"][ok], stats["max"][ok],
                             color=colour, alpha=0.2, lw=0)
         if "theory" in rows.columns:  # beside the measurement: where it is on the axis too
-            predicted = rows[rows["site"] == site].groupby("layer")["theory"].first()
+            predicted = rows[rows["site"] == site].groupby("layer")["theory"].mean()
             shown = (np.isfinite(predicted.to_numpy()) & (predicted.to_numpy() > 0)
                      & ok.to_numpy())
             if shown.any():
@@ -206,6 +220,12 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
 
 SIGNAL_LABELS = {"activation": "post-activation variance",
                  "gradient": "\u2202/\u2202 pre-activation variance"}
+STREAM_LABELS = {"activation": "stream (block output) variance",
+                 "gradient": "\u2202/\u2202 stream variance"}
+
+
+def signal_label(frame: pd.DataFrame, quantity: str) -> str:
+    return (STREAM_LABELS if signal_site(frame, quantity) == "block" else SIGNAL_LABELS)[quantity]
 
 
 def _label(keys: Sequence[str], values: Any) -> str:
@@ -226,13 +246,44 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
     for row, act in zip(axes, acts):
         rows = frame[frame["act"] == act]
         for ax, quantity in zip(row, PANELS):
-            site = SIGNALS[quantity][0]
+            site = signal_site(rows, quantity)
             for values, group in rows.groupby(list(line_by), sort=True):
                 var = layer_variance(group, quantity, site)
                 ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
                 ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, label=_label(line_by, values))
-            format_axes(ax, f"act={act}: {SIGNAL_LABELS[quantity]}", "layer (block index)",
+            format_axes(ax, f"act={act}: {signal_label(rows, quantity)}", "layer (block index)",
                         "variance (log scale)")
+    return axes
+
+
+SPP_PANELS = (  # (site, column, title): Brock et al. 2021's signal propagation plots
+    ("block", "channel_mean_sq", "stream: average squared channel mean"),
+    ("block", "channel_var", "stream: average channel variance"),
+    ("branch", "channel_var", "residual branch: average channel variance"),
+)
+
+
+def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
+                            axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
+    """Signal propagation plots of a residual CNN (Brock et al. 2021, "Characterizing
+    signal propagation to close the performance gap in unnormalized ResNets", fig. 1): per
+    block, the stream's average squared channel mean and average channel variance, and the
+    residual branch's average channel variance (``block`` and ``branch`` activation rows,
+    mean over trials); one line per value of ``line_by`` (none: one line)."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == "activation") & frame["site"].isin(["block", "branch"])]
+    groups = rows.groupby(list(line_by), sort=True) if line_by else [((), rows)]
+    for values, group in groups:
+        for ax, (site, column, _) in zip(axes, SPP_PANELS):
+            by_block = group[group["site"] == site].groupby("layer")[column].mean()
+            ok = np.isfinite(by_block.to_numpy()) & (by_block.to_numpy() > 0)
+            ax.plot(by_block.index[ok], by_block.to_numpy()[ok], lw=1.5, marker="o",
+                    markersize=2.5, label=_label(line_by, values) if line_by else None)
+    for ax, (_, _, title) in zip(axes, SPP_PANELS):
+        format_axes(ax, title, "block", "log scale")
     return axes
 
 
@@ -353,7 +404,8 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
 
 def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                        swept: Sequence[str] = ()) -> list[Any]:
-    """One grid and one heatmap per depth, written into the sweep folder without pyplot.
+    """One grid and one heatmap per depth, written into the sweep folder without pyplot;
+    for a residual CNN also its signal propagation plots (``spp_depth<D>.png``).
 
     Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
     than act and depth, or by the init if none does."""
@@ -363,6 +415,7 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
 
     folder = Path(folder)
     jobs = frame.groupby("job")[["act", "init", "depth"]].first()
+    spp = ((frame["site"] == "block") & np.isfinite(frame["channel_var"])).any()
     table = table[table["status"] == "ok"].drop(columns=["act", "init", "depth"], errors="ignore")
     table = table.join(jobs, on="job")
     line_by = [k for k in swept if k not in ("act", "depth")] or ["init"]
@@ -385,6 +438,13 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                       f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
         paths.append(folder / f"grid_depth{depth}.png")
         _save(grid, paths[-1], dpi=100)
+        if spp:  # a residual CNN: its signal propagation plots, one line per job's label
+            figure = Figure(figsize=(15, 4.4), layout="constrained")
+            plot_signal_propagation(rows, line_by, figure.subplots(1, 3))
+            figure.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
+                            f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
+            paths.append(folder / f"spp_depth{depth}.png")
+            _save(figure, paths[-1], dpi=100)
 
         jobs_here = table[table["depth"] == depth]
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])

@@ -34,6 +34,7 @@ COLUMN_TYPES = {
 # Columns added after the first release: absent from older results, read as empty.
 OPTIONAL_COLUMN_TYPES = {
     "theory": "float64",  # the mean-field prediction of var (empty where none applies)
+    "sublayer": "Int64",  # the weight layer within a residual branch (empty elsewhere)
 }
 CONFIG_COLUMNS = ["model", "act", "init", "norm", "depth", "width", "batch_size", "seed", "dtype"]
 

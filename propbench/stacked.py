@@ -10,7 +10,11 @@ T small problems as one large one instead of launching T times as many kernels:
   trial's batch separately.
 - CNN: trials are merged into the channel axis, ``(B, T*C, H, W)``; a block's conv is one
   grouped convolution (``groups=T``: group t sees only trial t's channels), BatchNorm2d and
-  pooling act per channel anyway, and the head's linear layer is a grouped 1x1 conv.
+  pooling act per channel anyway, GroupNorm with one group becomes GroupNorm with T groups,
+  and the head's linear layer is a grouped 1x1 conv.
+- Residual blocks (:mod:`propbench.residual`) are rebuilt around their stacked branch and
+  shortcut; the addition, alpha and beta act elementwise. Standardized weights
+  (``model.nf``) are standardized per output unit, so per trial.
 
 Activations are shared modules (elementwise; PReLU's single slope starts at the same value
 in every trial). Nothing mixes trials, so each trial's outputs, gradients and therefore
@@ -23,12 +27,14 @@ copying; the probe reduces each trial's view separately. A single network is T =
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections import OrderedDict
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from propbench.models import Block, DeepStack
+from propbench.residual import ResidualBlock, WSConv2d, standardized
 
 
 def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -40,20 +46,23 @@ def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class StackedLinear(nn.Module):
-    """T independent ``nn.Linear`` layers on ``(T, B, in)``: weight ``(T, out, in)``."""
+    """T independent ``nn.Linear`` layers on ``(T, B, in)``: weight ``(T, out, in)``; with
+    ``ws_gain`` (a :class:`propbench.residual.WSLinear`'s), standardized per trial and row."""
 
     probe_site = "pre"
 
-    def __init__(self, layers: Sequence[nn.Linear]):
+    def __init__(self, layers: Sequence[nn.Linear], ws_gain: Optional[float] = None):
         super().__init__()
         self.weight = nn.Parameter(_stacked([m.weight for m in layers]))
         has_bias = layers[0].bias is not None
         self.bias = nn.Parameter(_stacked([m.bias for m in layers])) if has_bias else None
+        self.ws_gain = ws_gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.ws_gain is None else standardized(self.weight, self.ws_gain, 2)
         if self.bias is None:
-            return torch.bmm(x, self.weight.transpose(1, 2))
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 class StackedBatchNorm(nn.Module):
@@ -74,6 +83,23 @@ class StackedBatchNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
+class StackedLayerNorm(nn.Module):
+    """T independent ``nn.LayerNorm`` layers on ``(T, B, C)``: each example normalized over
+    its units (Ba et al. 2016), then scaled and shifted by its trial's affine parameters."""
+
+    probe_site = "norm"
+
+    def __init__(self, layers: Sequence[nn.LayerNorm]):
+        super().__init__()
+        self.eps = layers[0].eps
+        self.weight = nn.Parameter(_stacked([m.weight for m in layers]).unsqueeze(1))
+        self.bias = nn.Parameter(_stacked([m.bias for m in layers]).unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=-1, correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
 def _load_concatenated(module: nn.Module, sources: Sequence[nn.Module]) -> nn.Module:
     """Set ``module``'s weight and bias (where it has one) to the sources' concatenated
     along dim 0 (trial t's block first-to-last), reshaped to ``module``'s own shapes."""
@@ -89,10 +115,11 @@ def _grouped_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
     first, trials = layers[0], len(layers)
     if trials == 1:  # one trial: the layer itself (no copy of its weights)
         return first
-    return _load_concatenated(nn.Conv2d(
+    ws = {"ws_gain": first.ws_gain} if isinstance(first, WSConv2d) else {}
+    return _load_concatenated(type(first)(
         trials * first.in_channels, trials * first.out_channels, first.kernel_size,
         stride=first.stride, padding=first.padding, dilation=first.dilation, groups=trials,
-        bias=first.bias is not None, dtype=first.weight.dtype,
+        bias=first.bias is not None, dtype=first.weight.dtype, **ws,
     ), layers)
 
 
@@ -102,6 +129,16 @@ def _channel_norm(layers: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
         return first
     return _load_concatenated(nn.BatchNorm2d(
         len(layers) * first.num_features, eps=first.eps, momentum=first.momentum,
+        dtype=first.weight.dtype,
+    ), layers)
+
+
+def _group_norm(layers: Sequence[nn.GroupNorm]) -> nn.GroupNorm:
+    first = layers[0]
+    if len(layers) == 1:
+        return first
+    return _load_concatenated(nn.GroupNorm(
+        len(layers) * first.num_groups, len(layers) * first.num_channels, eps=first.eps,
         dtype=first.weight.dtype,
     ), layers)
 
@@ -152,9 +189,44 @@ class TrialStack(DeepStack):
         return t.unflatten(1, (self.trials, -1)).movedim(1, 0)
 
 
+def _stack_layer(column: Sequence[nn.Module], layout: str) -> nn.Module:
+    """One module that computes the trials' corresponding modules ``column`` at once."""
+    first = column[0]
+    if isinstance(first, ResidualBlock):
+        part = lambda name: (None if getattr(first, name) is None  # noqa: E731
+                             else _stack_layer([getattr(b, name) for b in column], layout))
+        return ResidualBlock(part("branch"), first.alpha, part("shortcut"), part("act"),
+                             first.beta, part("pool"))
+    if isinstance(first, Block):
+        part = lambda name: (None if getattr(first, name) is None  # noqa: E731
+                             else _stack_layer([getattr(b, name) for b in column], layout))
+        return Block(first.weight_name, part(first.weight_name), part("norm"), part("act"),
+                     part("pool"))
+    if isinstance(first, nn.Sequential):  # a residual branch, its sublayers, a shortcut
+        return type(first)(OrderedDict(
+            (name, _stack_layer([getattr(m, name) for m in column], layout))
+            for name, _ in first.named_children()))
+    if layout == "mlp":
+        if isinstance(first, nn.Linear):
+            return StackedLinear(column, getattr(first, "ws_gain", None))
+        if isinstance(first, nn.BatchNorm1d):
+            return StackedBatchNorm(column)
+        if isinstance(first, nn.LayerNorm):
+            return StackedLayerNorm(column)
+    else:
+        if isinstance(first, nn.Conv2d):
+            return _grouped_conv(column)
+        if isinstance(first, nn.BatchNorm2d):
+            return _channel_norm(column)
+        if isinstance(first, nn.GroupNorm):
+            return _group_norm(column)
+    return _shared(column)  # activations, pools
+
+
 def stack(models: Sequence[DeepStack]) -> TrialStack:
     """Stack T DeepStacks of one architecture (as :func:`propbench.models.build_model`
-    makes them, with different seeds) into one TrialStack on the same device."""
+    makes them, with different seeds) into one TrialStack on the same device; each stacked
+    module keeps the ``probe_position`` of the module it stands for."""
     trials = len(models)
     if trials < 1:
         raise ValueError("stack: needs at least one model")
@@ -163,20 +235,13 @@ def stack(models: Sequence[DeepStack]) -> TrialStack:
         if trials > 1:
             raise ValueError(f"stack: {type(first).__name__} runs one trial at a time")
         return first
-    first_weight = getattr(first.blocks[0], first.blocks[0].weight_name)
-    layout = "cnn" if isinstance(first_weight, nn.Conv2d) else "mlp"
-    blocks = []
-    for i, block in enumerate(first.blocks):
-        column = [m.blocks[i] for m in models]
-        weights = [getattr(b, block.weight_name) for b in column]
-        if layout == "mlp":
-            weight = StackedLinear(weights)
-            norm = StackedBatchNorm([b.norm for b in column]) if block.norm is not None else None
-        else:
-            weight = _grouped_conv(weights)
-            norm = _channel_norm([b.norm for b in column]) if block.norm is not None else None
-        pool = _shared([b.pool for b in column]) if block.pool is not None else None
-        blocks.append(Block(block.weight_name, weight, norm, _shared([b.act for b in column]), pool))
+    layout = "cnn" if any(isinstance(m, nn.Conv2d) for m in first.blocks.modules()) else "mlp"
+    blocks = [_stack_layer([m.blocks[i] for m in models], layout) for i in range(len(first.blocks))]
     head = None if first.head is None else _head_conv([m.head for m in models])
     device = next(first.parameters()).device
-    return TrialStack(blocks, head, first.input_shape, trials, layout).to(device)
+    stacked = TrialStack(blocks, head, first.input_shape, trials, layout).to(device)
+    for name, module in stacked.blocks.named_modules():
+        position = getattr(first.blocks.get_submodule(name), "probe_position", None)
+        if position is not None:
+            module.probe_position = position
+    return stacked

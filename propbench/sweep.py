@@ -218,9 +218,15 @@ def check_claim(folder: Path, table: Any) -> Optional[dict[str, Any]]:
         for key, value in where.items():
             match = match[match[key].astype(str) == value] if key in match else match.iloc[0:0]
         got = match[f"{expect['quantity']}_verdict"].tolist()
+        column = f"{expect['quantity']}_log10_ratio"
+        ratios = [float(r) for r in match[column]] if column in match else [math.nan] * len(got)
+        between = expect.get("between")
+        held = all(v in expect["verdict"] for v in got) if expect.get("verdict") else True
+        if between:
+            held = held and all(between[0] <= r <= between[1] for r in ratios)
         checks.append({
-            "where": where, "quantity": expect["quantity"], "expected": expect["verdict"],
-            "got": got, "held": None if not got else all(v in expect["verdict"] for v in got),
+            "where": where, "quantity": expect["quantity"], "expected": expect.get("verdict") or [],
+            "between": between, "got": got, "ratios": ratios, "held": None if not got else held,
         })
     checked = [c for c in checks if c["held"] is not None]
     return {
@@ -259,9 +265,16 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
         for check in claim["checks"]:
             where = ", ".join(f"{k}={v}" for k, v in check["where"].items())
             mark = {True: "ok", False: "FAIL", None: "not checked"}[check["held"]]
+            expected = [" or ".join(check["expected"])] if check["expected"] else []
             got = ", ".join(check["got"]) or "no such job in this sweep"
+            if check.get("between"):
+                low, high = check["between"]
+                expected.append(f"log10 ratio in [{low:+.2f}, {high:+.2f}]")
+                if check["got"]:
+                    got = ", ".join(f"{v} ({_format_ratio(r)})"
+                                    for v, r in zip(check["got"], check["ratios"]))
             lines.append(f"- {mark}: {where}: {check['quantity']} expected "
-                         f"{' or '.join(check['expected'])}, got {got}")
+                         f"{', '.join(expected)}, got {got}")
     return "\n".join(lines) + "\n"
 
 

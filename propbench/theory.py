@@ -313,6 +313,103 @@ def predict_conv(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | 
                       correlation)
 
 
+# --- residual networks: the stream accumulates the branches --------------------------------
+
+@dataclass
+class ResidualPrediction:
+    """Per-block predictions of a pre-activation residual MLP, index 0 = block 1; the
+    per-sublayer fields are (depth, branch_layers) arrays. Gradients assume a
+    standard-normal cotangent on the last block's output."""
+
+    stream: np.ndarray  # Var of block l's output (the stream; its mean is 0)
+    branch: np.ndarray  # Var of block l's branch output, B(q_{l-1})
+    grad_stream: np.ndarray  # Var dL/d(block l's output)
+    grad_branch: np.ndarray  # Var dL/d(branch output) = alpha^2 grad_stream
+    chi_branch: np.ndarray  # the branch's backward factor: 1 + alpha^2 chi_branch per block
+    pre: np.ndarray  # (depth, m): Var of each branch layer's Linear output
+    norm: np.ndarray  # (depth, m): Var of the LayerNorm output (1), NaN without one
+    post_var: np.ndarray  # (depth, m): Var of the activation's output
+    grad_pre: np.ndarray
+    grad_norm: np.ndarray
+    grad_post: np.ndarray
+    grad_weight: np.ndarray  # per element, for a batch of `batch` independent inputs
+
+
+def predict_residual(act: str, sigma_w2: float | Sequence, sigma_b2: float | Sequence,
+                     depth: int, branch_layers: int, alpha: float, layernorm: bool = False,
+                     slope: Optional[float] = None, input_var: float = 1.0, batch: int = 1,
+                     backward_w2: float | Sequence | None = None,
+                     cotangent_var: float = 1.0) -> ResidualPrediction:
+    """Mean-field prediction for ``depth`` pre-activation residual blocks
+    ``x -> x + alpha * branch(x)``, a branch being ``branch_layers`` times
+    [LayerNorm ->] phi -> Linear (``sigma_w2[l][k] = fan_in Var(W)`` of block l's layer k).
+
+    Each branch has its own weights, independent of the stream, so at infinite width its
+    output is a zero-mean Gaussian uncorrelated with its input, and variances add (Yang &
+    Schoenholz 2017, "Mean Field Residual Networks: On the Edge of Chaos"; the summed
+    covariance Neural Tangents uses for residual sums):
+
+        q_l = q_{l-1} + alpha^2 B(q_{l-1}),    q_0 = input_var,
+
+    where B runs the q-map through the branch: v <- sigma_w2 E[phi(sqrt(v) z)^2] + sigma_b2
+    per layer, from v = q_{l-1} (LayerNorm first sets v = 1 before each phi, so B does not
+    depend on q). Backward, the gradient w.r.t. the stream grows per block by
+    ``1 + alpha^2 chi_branch(q_{l-1})``, chi_branch the product over the branch's layers of
+    ``backward_w2 E[phi'^2]`` (and 1/v through each LayerNorm, whose Jacobian divides by
+    the input's standard deviation; its projection's 2/width is left out).
+
+    Closed form: ReLU with He init (sigma_w2 = 2, no bias) and one branch layer has
+    B(q) = q and chi_branch = 1, so q_L = q_0 (1 + alpha^2)^L forward and the same factor
+    backward: 2^L at alpha = 1, (1 + 1/L)^L -> e at alpha = 1/sqrt(L), 1 at alpha = 0.
+    """
+    shape = (depth, branch_layers)
+    w2 = np.broadcast_to(np.asarray(sigma_w2, dtype=float), shape)
+    b2 = np.broadcast_to(np.asarray(sigma_b2, dtype=float), shape)
+    back = w2 if backward_w2 is None else np.broadcast_to(np.asarray(backward_w2, float), shape)
+    stream, branch = np.full(depth, math.inf), np.full(depth, math.inf)
+    fields = {name: np.full(shape, math.inf) for name in
+              ("inputs", "pre", "post_var", "second", "dsecond")}
+    q = float(input_var)
+    for layer in range(depth):
+        v = q
+        for k in range(branch_layers):
+            fields["inputs"][layer, k] = v
+            mean, second, dsecond = moments(act, 1.0 if layernorm else v, slope)
+            fields["post_var"][layer, k], fields["second"][layer, k] = second - mean**2, second
+            fields["dsecond"][layer, k] = dsecond
+            v = w2[layer, k] * second + b2[layer, k]
+            fields["pre"][layer, k] = v
+        branch[layer], q = v, q + alpha**2 * v
+        stream[layer] = q
+        if not q < 1e300:  # past the float range: nothing more to predict
+            break
+    grads = {name: np.empty(shape) for name in ("grad_pre", "grad_norm", "grad_post")}
+    grad_stream, grad_branch, chi = np.empty(depth), np.empty(depth), np.empty(depth)
+    g = float(cotangent_var)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for layer in range(depth - 1, -1, -1):
+            grad_stream[layer], grad_branch[layer] = g, alpha**2 * g
+            G = grad_branch[layer]
+            for k in range(branch_layers - 1, -1, -1):
+                grads["grad_pre"][layer, k] = G
+                grads["grad_post"][layer, k] = back[layer, k] * G
+                G = fields["dsecond"][layer, k] * grads["grad_post"][layer, k]
+                grads["grad_norm"][layer, k] = G
+                if layernorm:
+                    G = G / fields["inputs"][layer, k]
+            chi[layer] = G / grad_branch[layer] if grad_branch[layer] else np.prod(
+                back[layer] * fields["dsecond"][layer]
+                / (fields["inputs"][layer] if layernorm else 1.0))
+            g = g + G
+        grad_weight = batch * grads["grad_pre"] * fields["second"]
+    if not layernorm:
+        grads["grad_norm"][:] = math.nan
+    norm = np.full(shape, 1.0 if layernorm else math.nan)
+    return ResidualPrediction(stream, branch, grad_stream, grad_branch, chi, fields["pre"], norm,
+                              fields["post_var"], grads["grad_pre"], grads["grad_norm"],
+                              grads["grad_post"], grad_weight)
+
+
 # --- fixed points, depth scales, criticality ---------------------------------------------
 
 def _steffensen(g: Callable[[float], float], x: float, tol: float, max_iter: int,

@@ -3,7 +3,9 @@
 For ``activation``: r = Var(post-activation at the last layer) / Var(at the first layer).
 For ``gradient``: r = Var(gradient w.r.t. the pre-activation at the first layer) /
 Var(at the last layer) -- the backward signal travels from the last layer to the first.
-Variances are averaged over trials first. ``stable`` if |log10 r| <= 1 (less than a
+Variances are averaged over trials first. For residual networks (a frame with ``block``
+rows) both are read on the stream instead: the variance of the blocks' outputs, last block
+/ first block, and of the gradient with respect to them, first block / last block. ``stable`` if |log10 r| <= 1 (less than a
 factor 10 end to end), ``vanishing`` below -1, ``exploding`` above 1 or as soon as any
 element overflowed to inf/NaN; ``first_nonfinite_layer`` names where, counted in the
 direction the signal travels (forward: lowest layer, backward: highest).
@@ -24,6 +26,12 @@ TINY_VARIANCE = 1e-30
 
 # quantity -> (site whose variance is compared, True if the signal runs from layer 1 up)
 SIGNALS = {"activation": ("post", True), "gradient": ("pre", False)}
+
+
+def signal_site(frame: pd.DataFrame, quantity: str) -> str:
+    """The site whose variance carries ``quantity``'s verdict: ``block`` (the residual
+    stream) where the frame has block rows, else the plain site of ``SIGNALS``."""
+    return "block" if (frame["site"] == "block").any() else SIGNALS[quantity][0]
 
 
 def layer_variance(frame: pd.DataFrame, quantity: str, site: str) -> pd.Series:
@@ -48,8 +56,8 @@ def _first_zero(frame: pd.DataFrame, quantity: str) -> tuple[Optional[int], bool
     exactly 0, and whether it underflowed: the variance before it (in that direction) was
     already below ``TINY_VARIANCE``. Otherwise every element is equal: a zero-initialized
     layer, a saturated gate, a dead ReLU layer or a single element."""
-    site, forward = SIGNALS[quantity]
-    var = layer_variance(frame, quantity, site)
+    forward = SIGNALS[quantity][1]
+    var = layer_variance(frame, quantity, signal_site(frame, quantity))
     if not forward:
         var = var.iloc[::-1]
     values = var.to_numpy()
@@ -63,7 +71,7 @@ def _first_zero(frame: pd.DataFrame, quantity: str) -> tuple[Optional[int], bool
 def first_inf_variance_layer(frame: pd.DataFrame, quantity: str) -> Optional[int]:
     """The first layer, in the direction ``quantity`` travels, whose variance is beyond
     float64's range (inf) although every element is finite (float64 elements above ~1e154)."""
-    site, forward = SIGNALS[quantity]
+    site, forward = signal_site(frame, quantity), SIGNALS[quantity][1]
     rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site)
                  & (frame["nonfinite"] == 0) & (frame["var"] == np.inf)]
     if rows.empty:
@@ -115,7 +123,8 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     end_var}}`` for a frame from :func:`propbench.probe`, :func:`propbench.run` or
     :func:`propbench.load`."""
     out = {}
-    for quantity, (site, forward) in SIGNALS.items():
+    for quantity, (_, forward) in SIGNALS.items():
+        site = signal_site(frame, quantity)
         var = layer_variance(frame, quantity, site)
         if var.empty:
             continue
@@ -134,6 +143,7 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "first_inf_variance_layer": first_inf_variance_layer(frame, quantity),
             "start_var": float(start),  # where the signal enters
             "end_var": float(end),  # where it leaves
+            "site": site,
         }
     return out
 
@@ -168,6 +178,9 @@ def describe(quantity: str, result: dict[str, Any]) -> str:
         "activation": "post-activation variance, last / first layer",
         "gradient": "pre-activation gradient variance, first / last layer",
     }[quantity]
+    if result.get("site") == "block":
+        what = {"activation": "stream (block output) variance, last / first block",
+                "gradient": "stream gradient variance, first / last block"}[quantity]
     if result["first_nonfinite_layer"] is not None:
         detail = f"non-finite values from layer {result['first_nonfinite_layer']}"
     elif result["log10_ratio"] == -math.inf:

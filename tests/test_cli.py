@@ -87,6 +87,22 @@ BAD = [
     (["-m", "init=normal,kaiming", "init.std=0.1"], "init.std=0.1: init=kaiming takes only gain, mode, bias"),
     (["-m", "depth=2,3", "act=relu,nope"], "act=nope: no such option"),
     (["-m", "+experiment=edge_of_chaos", "init.sigma_b2=0,-1"], "init.sigma_b2=-1.0: must be a finite number >= 0"),
+    # residual models
+    (["model=resmlp", "model.alpha=-1"], "model.alpha=-1: must be a finite number >= 0 or inv_sqrt_depth"),
+    (["model=resnet", "model.alpha=sqrt"], "model.alpha=sqrt: must be a finite number >= 0 or inv_sqrt_depth"),
+    (["model=resmlp", "model.alpha=nan"], "model.alpha=nan: must be a finite number"),
+    (["model=resmlp", "model.branch_layers=0"], "model.branch_layers=0: must be >= 1"),
+    (["model=resmlp", "model.order=middle"], "expected one of [pre, post]"),
+    (["model=resnet", "model.norm=groupnorm"], "expected one of [none, batchnorm, layernorm]"),
+    (["model=resmlp", "model.nf=maybe"], "model.nf=maybe"),
+    (["model=resmlp", "model.nf=true", "model.norm=batchnorm"], "model.nf=true: normalizer-free needs model.norm=none"),
+    (["model=resnet", "model.nf=true", "model.order=post"], "model.nf=true: normalizer-free blocks are pre-activation"),
+    (["model=mlp", "model.alpha=0.5"], "model.alpha=0.5: model=mlp takes only norm"),
+    (["model=cnn", "model.branch_layers=2"], "model.branch_layers=2: model=cnn takes only"),
+    (["init=fixup"], "init=fixup: only residual models take it (model=resmlp or model=resnet, not model=mlp)"),
+    (["model=cnn", "init=fixup"], "init=fixup: only residual models take it"),
+    (["model=resmlp", "init=fixup", "model.nf=true"], "init=fixup: zeroes layers that weight standardization"),
+    (["-m", "model=resmlp", "model.alpha=1,-2"], "model.alpha=-2: must be a finite number >= 0"),
 ]
 
 
@@ -188,7 +204,7 @@ def test_same_config_same_bytes_alone_and_in_sweeps(tmp_path):
 def test_help_lists_groups(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for line in ("model: cnn, mlp", "act: elu, gelu", "init: default, kaiming"):
+    for line in ("model: cnn, mlp, resmlp, resnet", "act: elu, gelu", "init: default, fixup, kaiming"):
         assert line in proc.stdout
 
 

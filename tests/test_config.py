@@ -9,7 +9,8 @@ from propbench.errors import ConfigError
 @pytest.mark.parametrize("group", ["model", "act", "init"])
 def test_every_option_of_every_group_composes_and_validates(group):
     for option in group_options(group):
-        s = settings(compose([f"{group}={option}"]))
+        residual = ["model=resmlp"] if option == "fixup" else []  # refused on plain models
+        s = settings(compose([f"{group}={option}", *residual]))
         assert getattr(s, group).name == option
 
 
@@ -30,7 +31,7 @@ def test_each_scheme_has_only_its_own_parameters():
 
 
 def test_required_groups_and_options_exist():
-    assert set(group_options("model")) == {"mlp", "cnn"}
+    assert set(group_options("model")) == {"mlp", "cnn", "resmlp", "resnet", "transformer"}
     assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
             "linear"} <= set(group_options("act"))
     assert {"default", "kaiming", "xavier", "lecun", "orthogonal", "scaled"} <= set(group_options("init"))

@@ -50,7 +50,19 @@ def assert_same(sequential, stacked, rtol):
     ["act=tanh", "model.norm=batchnorm"],
     ["model=cnn", "width=4", "model.image_size=8", "model.stage_every=2", "model.pool=max"],
     ["model=cnn", "width=4", "model.image_size=8", "model.norm=batchnorm", "act=selu"],
-], ids=["relu", "prelu-nobias", "tanh-bn", "cnn-pool", "cnn-bn"])
+    ["model=resmlp", "init=kaiming"],
+    ["model=resmlp", "model.norm=layernorm", "model.alpha=inv_sqrt_depth", "act=tanh"],
+    ["model=resmlp", "model.order=post", "model.norm=batchnorm", "model.branch_layers=3"],
+    ["model=resmlp", "model.nf=true", "model.alpha=0.2"],
+    ["model=resmlp", "init=fixup"],
+    ["model=resnet", "width=4", "model.image_size=8", "model.stage_every=2",
+     "model.channel_growth=2", "model.pool=avg", "model.nf=true"],
+    ["model=resnet", "width=4", "model.image_size=8", "model.stage_every=2",
+     "model.channel_growth=2", "model.norm=layernorm"],
+    ["model=resnet", "width=4", "model.image_size=8", "model.stage_every=3",
+     "model.channel_growth=2", "model.norm=batchnorm", "model.order=post", "model.pool=max"],
+], ids=["relu", "prelu-nobias", "tanh-bn", "cnn-pool", "cnn-bn", "resmlp", "resmlp-ln",
+        "resmlp-post-bn", "resmlp-nf", "resmlp-fixup", "resnet-nf", "resnet-gn", "resnet-post-bn"])
 def test_each_trial_matches_its_own_network_float64(overrides):
     sequential, stacked = sequential_and_stacked(
         ["depth=5", "width=24", "batch_size=8", "dtype=float64", *overrides])

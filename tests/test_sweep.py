@@ -216,3 +216,22 @@ def test_check_claim_holds_fails_and_lists_what_it_could_not_check(tmp_path):
     assert not check_claim(tmp_path, table)["held"]
     (hydra / "config.yaml").write_text("depth: 10\n")
     assert check_claim(tmp_path, table) is None  # not an experiment
+
+
+def test_check_claim_holds_a_log10_ratio_between_two_numbers(tmp_path):
+    from propbench.sweep import SweepReport, check_claim, markdown
+
+    hydra = tmp_path / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text(
+        "experiment:\n  name: toy\n  claim: doubles per block\n  source: a paper\n  expect:\n"
+        "    - {where: {depth: 10}, quantity: activation, between: [2.6, 2.8]}\n")
+    table = pd.DataFrame({"job": [0], "depth": ["10"], "status": ["ok"], "error": [""],
+                          "activation_verdict": ["exploding"], "activation_log10_ratio": [2.71],
+                          "gradient_verdict": ["stable"], "gradient_log10_ratio": [0.0]})
+    claim = check_claim(tmp_path, table)
+    assert claim["held"] and claim["checks"][0]["ratios"] == [2.71]
+    text = markdown(SweepReport(tmp_path, table, pd.DataFrame(), claim), ["depth"])
+    assert "activation expected log10 ratio in [+2.60, +2.80], got exploding (+2.71)" in text
+    table.loc[0, "activation_log10_ratio"] = 2.9
+    assert not check_claim(tmp_path, table)["held"]
