@@ -270,7 +270,9 @@ class Expectation:
     ``quantity``, and its log10 ratio lies ``between`` the two numbers given."""
 
     where: dict[str, Any] = field(default_factory=dict)
-    quantity: str = "activation"  # activation | gradient
+    # activation | gradient (verdicts, log10 ratios); token_similarity | attention_entropy |
+    # weight_gradient (values: see propbench.sweep.VALUE_COLUMNS)
+    quantity: str = "activation"
     verdict: list[str] = field(default_factory=list)  # accepted verdicts (empty: any)
     # [low, high]: the log10 ratio must lie in it (a closed form's value, with its margin)
     between: Optional[list[float]] = None

@@ -178,19 +178,50 @@ def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
                        "mean cosine similarity", log_y=False)
 
 
+def plot_token_similarity(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
+    """The mean cosine similarity between the tokens of a sequence per block
+    (``token_similarity`` rows): 1 means every token is the same vector (rank collapse,
+    Dong et al. 2021). With several trials the line is their mean, the band min..max."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == "token_similarity") & (frame["layer"] >= 1)]
+    keys = ["trial", "layer"] if "trial" in rows.columns else ["layer"]
+    stats = rows.groupby(keys)["mean"].mean().groupby("layer").agg(["mean", "min", "max"])
+    label, colour = SITE_STYLE["block"]
+    ax.plot(stats.index, stats["mean"], color=colour, lw=1.5, label=label,
+            marker="o" if len(stats) <= 30 else None, markersize=3)
+    if "trial" in rows.columns and rows["trial"].nunique() > 1:
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, lw=0)
+    ax.axhline(1.0, color="grey", ls=":", lw=1.0, label="collapsed (all tokens equal)")
+    low = float(stats["min"].min()) if len(stats) else 0.0
+    ax.set_ylim(min(-0.05, low - 0.05), 1.05)
+    return format_axes(ax, "Token similarity (rank collapse)", "layer (block index)",
+                       "mean cosine similarity of tokens", log_y=False)
+
+
+def _extra_panels(frame: pd.DataFrame) -> list[Any]:
+    """The panels after the two variance panels that this frame has data for."""
+    quantities = set(frame["quantity"])
+    return [plot for quantity, plot in (("correlation", plot_correlation),
+                                        ("token_similarity", plot_token_similarity))
+            if quantity in quantities]
+
+
 def plot_propagation(frame: pd.DataFrame, axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
-    """Activations (forward) and gradients (backward), and the correlation of input pairs
-    when the frame has it, titled with the config."""
-    with_pairs = bool((frame["quantity"] == "correlation").any())
+    """Activations (forward) and gradients (backward), then the correlation of input pairs
+    and the token similarity when the frame has them, titled with the config."""
+    extra = _extra_panels(frame)
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(1, 3 if with_pairs else 2, figsize=(18 if with_pairs else 12, 4.5),
-                               layout="constrained")
+        panels = 2 + len(extra)
+        _, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), layout="constrained")
     for ax, quantity in zip(axes, PANELS):
         plot_variance(frame, quantity, ax=ax)
-    if with_pairs:
-        plot_correlation(frame, ax=axes[2])
+    for ax, plot in zip(axes[2:], extra):
+        plot(frame, ax=ax)
     axes[0].figure.suptitle(config_title(frame), fontsize=12)
     return axes
 
@@ -207,7 +238,7 @@ def save_propagation(frame: pd.DataFrame, path: Any) -> None:
     """Render :func:`plot_propagation` to ``path`` (atomically, without pyplot)."""
     from matplotlib.figure import Figure
 
-    panels = 3 if (frame["quantity"] == "correlation").any() else 2
+    panels = 2 + len(_extra_panels(frame))
     figure = Figure(figsize=(6 * panels, 4.5))
     # fixed margins: the layout is always the same, and a layout engine costs ~0.25 s a figure
     figure.subplots_adjust(left=0.07 / panels * 2, right=0.975, bottom=0.11, top=0.86,

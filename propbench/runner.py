@@ -25,7 +25,7 @@ from propbench.results import (CONFIG_COLUMNS, FIGURE, completed_config, load, r
                                write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
-from propbench.verdict import summarize
+from propbench.verdict import summarize, token_summary
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) ->
     s = job.settings
     return {
         **summarize(frame),
+        **token_summary(frame),
         "theory": theory.summary(frame),
         "config": s.to_dict(),
         "device": device_name(job.device),

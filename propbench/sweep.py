@@ -10,7 +10,8 @@ sweep folder:
 - ``sweep.csv``: every ok job's ``stats.csv`` stacked, with ``job`` and the sweep's
   override columns;
 - ``sweep_summary.csv``: one row per job: status, error, overrides, the two
-  ``log10_ratio``s and verdicts;
+  ``log10_ratio``s and verdicts, and for transformers the ``VALUE_COLUMNS`` (token
+  similarity and attention entropy at the last block, the weight-gradient log10 ratio);
 - ``summary.md``: the same as a table, and the experiment's claim check if there is one;
 - ``grid_depth<D>.png`` and ``heatmap_depth<D>.png`` per depth.
 """
@@ -29,6 +30,14 @@ from hydra.experimental.callback import Callback
 from propbench.errors import ConfigError, ResultsError, first_line
 from propbench.results import ERROR, MANIFEST, SUMMARY, atomic_write
 from propbench.verdict import SIGNALS
+
+# quantities an expectation checks by a value in the table (``between``), not a verdict:
+# summary key -> (the table's column, the summary's field); see verdict.token_summary
+VALUE_COLUMNS = {
+    "token_similarity": ("token_similarity", "last_block"),
+    "attention_entropy": ("attention_entropy", "last_block"),
+    "weight_gradient": ("weight_gradient_log10_ratio", "log10_ratio"),
+}
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
 
@@ -153,6 +162,8 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                     ratio if ratio is not None else -math.inf if result.get("verdict") == "vanishing"
                     else math.nan)
                 row[f"{quantity}_verdict"] = result.get("verdict", "")
+            for quantity, (column, key) in VALUE_COLUMNS.items():
+                row[column] = summary.get(quantity, {}).get(key, math.nan)
             stats.insert(0, "job", job)
             for key in keys:
                 if key not in stats.columns:
@@ -217,9 +228,11 @@ def check_claim(folder: Path, table: Any) -> Optional[dict[str, Any]]:
         match = table
         for key, value in where.items():
             match = match[match[key].astype(str) == value] if key in match else match.iloc[0:0]
-        got = match[f"{expect['quantity']}_verdict"].tolist()
-        column = f"{expect['quantity']}_log10_ratio"
-        ratios = [float(r) for r in match[column]] if column in match else [math.nan] * len(got)
+        quantity = expect["quantity"]
+        column = VALUE_COLUMNS.get(quantity, (f"{quantity}_log10_ratio",))[0]
+        ratios = [float(r) for r in match[column]] if column in match else [math.nan] * len(match)
+        got = (match[f"{quantity}_verdict"].tolist() if quantity not in VALUE_COLUMNS
+               else [f"{r:.3f}" for r in ratios])
         between = expect.get("between")
         held = all(v in expect["verdict"] for v in got) if expect.get("verdict") else True
         if between:
@@ -246,13 +259,15 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
     """summary.md: the per-job table, then failures and the claim check."""
     table = report.table
     shown = [k for k in keys if table[k].nunique() > 1] or keys
-    header = ["job", *shown, "activation", "gradient", "status"]
+    values = [c for c, _ in VALUE_COLUMNS.values() if c in table and table[c].notna().any()]
+    header = ["job", *shown, "activation", "gradient", *values, "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["job"]), *(str(row[k]) for k in shown)]
         for quantity in SIGNALS:
             verdict, ratio = row[f"{quantity}_verdict"], row[f"{quantity}_log10_ratio"]
             cells.append(f"{verdict} ({_format_ratio(ratio)})" if verdict else "")
+        cells += [f"{row[c]:.3f}" for c in values]
         cells.append(row["status"] + (f": {row['error']}" if row["error"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     counts = table["status"].value_counts().to_dict()
@@ -269,8 +284,10 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
             got = ", ".join(check["got"]) or "no such job in this sweep"
             if check.get("between"):
                 low, high = check["between"]
-                expected.append(f"log10 ratio in [{low:+.2f}, {high:+.2f}]")
-                if check["got"]:
+                measure = (VALUE_COLUMNS[check["quantity"]][0] if check["quantity"] in VALUE_COLUMNS
+                           else "log10 ratio")
+                expected.append(f"{measure} in [{low:+.2f}, {high:+.2f}]")
+                if check["got"] and check["quantity"] not in VALUE_COLUMNS:
                     got = ", ".join(f"{v} ({_format_ratio(r)})"
                                     for v, r in zip(check["got"], check["ratios"]))
             lines.append(f"- {mark}: {where}: {check['quantity']} expected "

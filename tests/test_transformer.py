@@ -158,3 +158,35 @@ def test_alpha_inv_sqrt_depth_scales_every_branch():
     model = build_model(cfg(*SMALL, "depth=4", "model.alpha=inv_sqrt_depth"))
     assert {sub.alpha for block in model.blocks for sub in block} == {0.5}
     assert build_model(cfg(*SMALL, "model.final_norm=false")).final_norm is None
+
+
+def test_the_summary_and_a_sweep_claim_read_token_similarity_by_value(tmp_path):
+    import pandas as pd
+
+    from propbench.sweep import SweepReport, check_claim, markdown
+
+    result = propbench.run(cfg(*SMALL, "model.residual=false", "model.mlp_ratio=0", "init=xavier"))
+    frame, summary = result.frame, result.summary
+    similarity = frame[frame.quantity == "token_similarity"].set_index("layer")["mean"]
+    assert summary["token_similarity"]["last_block"] == pytest.approx(similarity[3])
+    assert summary["token_similarity"]["first_block"] == pytest.approx(similarity[1])
+    assert summary["attention_entropy"]["last_block"] <= math.log(10)
+    weights = frame[(frame.site == "weight") & (frame.quantity == "gradient")].groupby("layer")["var"].mean()
+    assert summary["weight_gradient"]["log10_ratio"] == pytest.approx(np.log10(weights[3] / weights[1]))
+
+    hydra = tmp_path / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text(
+        "experiment:\n  name: toy\n  claim: collapses\n  source: a paper\n  expect:\n"
+        "    - {where: {model.residual: 'false'}, quantity: token_similarity, between: [0.9, 1.0]}\n")
+    table = pd.DataFrame({"job": [0], "model.residual": ["false"], "status": ["ok"], "error": [""],
+                          "activation_verdict": ["stable"], "activation_log10_ratio": [0.1],
+                          "gradient_verdict": ["stable"], "gradient_log10_ratio": [0.0],
+                          "token_similarity": [0.97]})
+    claim = check_claim(tmp_path, table)
+    assert claim["held"] and claim["checks"][0]["got"] == ["0.970"]
+    text = markdown(SweepReport(tmp_path, table, pd.DataFrame(), claim), ["model.residual"])
+    assert "token_similarity expected token_similarity in [+0.90, +1.00], got 0.970" in text
+    assert "| 0.970 |" in text  # the table's column
+    table.loc[0, "token_similarity"] = 0.5
+    assert not check_claim(tmp_path, table)["held"]
