@@ -93,6 +93,10 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> None:
     for quantity in SIGNALS:
         if quantity in summary:
             print("  " + describe(quantity, summary[quantity]))
+    if "token_similarity" in summary:
+        tokens = summary["token_similarity"]
+        print(f"  tokens:     similarity {tokens['first_block']:.3f} at the first block, "
+              f"{tokens['last_block']:.3f} at the last (1 = collapsed)")
     if result.resumed:
         print(f"  kept {result.folder}/: complete for this config (resume=true)")
     else:
