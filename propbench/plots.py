@@ -261,7 +261,7 @@ def signal_label(frame: pd.DataFrame, quantity: str) -> str:
 
 def _label(keys: Sequence[str], values: Any) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+    return ", ".join(f"{k.removeprefix('model.')}={v}" for k, v in zip(keys, values))
 
 
 def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
@@ -316,6 +316,49 @@ def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
     for ax, (_, _, title) in zip(axes, SPP_PANELS):
         format_axes(ax, title, "block", "log scale")
     return axes
+
+
+MAX_LINES = 12  # a figure with more labelled lines than this is not drawn
+
+
+def plot_token_bars(table: pd.DataFrame, label_by: Sequence[str], ax: Optional[Any] = None) -> Any:
+    """A sweep's token similarity at the last block, one horizontal bar per job labelled by
+    ``label_by`` (the table's ``token_similarity`` column); 1 = collapsed."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 1.2 + 0.25 * len(table)), layout="constrained")
+    rows = table.sort_values(list(label_by))
+    labels = [_label(label_by, tuple(v)) for v in rows[list(label_by)].itertuples(index=False)]
+    values = rows["token_similarity"].to_numpy(dtype=float)
+    ax.barh(np.arange(len(values)), values, color="C4")
+    for y, value in enumerate(values):
+        ax.text(max(value, 0) + 0.01, y, f"{value:.2f}", va="center", fontsize=7)
+    ax.set_yticks(np.arange(len(values)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0.0, 1.12)
+    ax.axvline(1.0, color="grey", ls=":", lw=1.0)
+    return format_axes(ax, "at the last block (1 = collapsed)",
+                       "mean cosine similarity of tokens", "", log_y=False)
+
+
+def plot_weight_gradients(frame: pd.DataFrame, line_by: Sequence[str], ax: Optional[Any] = None) -> Any:
+    """The weight gradients' variance per block (the mean over a block's weights and over
+    trials), one line per value of ``line_by``: where a transformer's gradients sit (Xiong
+    et al. 2020: the last blocks for post-LN, the first for pre-LN)."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    rows = frame[(frame["quantity"] == "gradient") & (frame["site"] == "weight")]
+    for values, group in rows.groupby(list(line_by), sort=True):
+        keys = ["trial", "layer"] if "trial" in group.columns else ["layer"]
+        var = group.groupby(keys)["var"].mean().groupby("layer").mean()
+        ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
+        ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, marker="o", markersize=2.5,
+                label=_label(line_by, values))
+    return format_axes(ax, "\u2202/\u2202 weights: variance per block", "layer (block index)",
+                       "variance (log scale)")
 
 
 def ratio_bound(values: Any) -> float:
@@ -436,7 +479,10 @@ def plot_phase_diagram(table: pd.DataFrame, act: str, quantity: str = "gradient"
 def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
                        swept: Sequence[str] = ()) -> list[Any]:
     """One grid and one heatmap per depth, written into the sweep folder without pyplot;
-    for a residual CNN also its signal propagation plots (``spp_depth<D>.png``).
+    for a residual CNN also its signal propagation plots (``spp_depth<D>.png``), for a
+    transformer the token similarity at the last block per job (``tokens_depth<D>.png``) and,
+    with at most MAX_LINES jobs per depth, the weight gradients per block
+    (``weight_gradients_depth<D>.png``).
 
     Lines and heatmap rows are labelled by the overridden keys that vary (``swept``) other
     than act and depth, or by the init if none does."""
@@ -478,6 +524,20 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
             _save(figure, paths[-1], dpi=100)
 
         jobs_here = table[table["depth"] == depth]
+        if "token_similarity" in jobs_here and jobs_here["token_similarity"].notna().any():
+            bars = Figure(figsize=(9, 1.4 + 0.22 * len(jobs_here)), layout="constrained")
+            plot_token_bars(jobs_here, line_by, bars.subplots())
+            bars.suptitle(f"Token similarity \u00b7 {first['model']} \u00b7 depth {depth} "
+                          f"\u00b7 width {first['width']} \u00b7 batch {first['batch_size']}")
+            paths.append(folder / f"tokens_depth{depth}.png")
+            _save(bars, paths[-1], dpi=100)
+        if "token_similarity" in jobs_here and rows.groupby(line_by).ngroups <= MAX_LINES:
+            figure = Figure(figsize=(8, 5), layout="constrained")
+            plot_weight_gradients(rows, line_by, figure.subplots())
+            figure.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
+                            f"\u00b7 batch {first['batch_size']}")
+            paths.append(folder / f"weight_gradients_depth{depth}.png")
+            _save(figure, paths[-1], dpi=100)
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
         n_rows = len(jobs_here[line_by].drop_duplicates())
         act_per_row = jobs_here.groupby(line_by)["act"].nunique().max() == 1
