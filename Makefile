@@ -28,9 +28,10 @@ figures: install  ## regenerate the figures the README shows
 	$(PY) -m propbench depth=50 init=default act=relu hydra.run.dir=results/figures/relu_default_d50
 	cp results/figures/relu_default_d50/propagation.png results/figures/relu_default_d50.png
 
-EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos
+EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos \
+  rank_collapse layernorm_position
 
-experiments: install  ## run the six experiments; figures and summaries land in results/experiments/
+experiments: install  ## run the experiments; figures and summaries land in results/experiments/
 	for name in $(EXPERIMENTS); do \
 	  rm -rf results/experiments/$$name; \
 	  $(PY) -m propbench +experiment=$$name || exit 1; \
