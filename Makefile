@@ -29,7 +29,7 @@ figures: install  ## regenerate the figures the README shows
 	cp results/figures/relu_default_d50/propagation.png results/figures/relu_default_d50.png
 
 EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos \
-  rank_collapse layernorm_position
+               residual_scaling bn_resnet nf_resnet rank_collapse layernorm_position
 
 experiments: install  ## run the experiments; figures and summaries land in results/experiments/
 	for name in $(EXPERIMENTS); do \

@@ -13,10 +13,11 @@ do not pay for torch or matplotlib until they are used:
 - :func:`load` -- the frame of a run or sweep folder; :func:`summarize` -- its verdict;
 - :func:`aggregate` -- a sweep folder's tables and figures (what ``propbench.report`` does);
   :func:`load_sweep` -- its table, one row per job;
-- :func:`predict`, :func:`depth_scales`, :func:`critical_sigma_w2`, :func:`auto_gain` --
-  the mean-field theory (:mod:`propbench.theory`);
+- :func:`predict`, :func:`predict_residual`, :func:`depth_scales`, :func:`critical_sigma_w2`,
+  :func:`auto_gain` -- the mean-field theory (:mod:`propbench.theory`);
 - :func:`plot_propagation`, :func:`plot_variance`, :func:`plot_correlation`,
-  :func:`plot_sweep_grid`, :func:`plot_ratio_heatmap`, :func:`plot_phase_diagram` -- the plots.
+  :func:`plot_sweep_grid`, :func:`plot_ratio_heatmap`, :func:`plot_phase_diagram`,
+  :func:`plot_signal_propagation` -- the plots.
 """
 
 from importlib import import_module
@@ -37,6 +38,7 @@ _API = {
     "load": "propbench.results",
     "summarize": "propbench.verdict",
     "predict": "propbench.theory",
+    "predict_residual": "propbench.theory",
     "depth_scales": "propbench.theory",
     "critical_sigma_w2": "propbench.theory",
     "auto_gain": "propbench.theory",
@@ -46,6 +48,7 @@ _API = {
     "plot_sweep_grid": "propbench.plots",
     "plot_ratio_heatmap": "propbench.plots",
     "plot_phase_diagram": "propbench.plots",
+    "plot_signal_propagation": "propbench.plots",
     "aggregate": "propbench.sweep",
     "load_sweep": "propbench.sweep",
 }
@@ -55,13 +58,15 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
     from propbench.config import PropbenchConfig, compose, settings
     from propbench.models import build_model
     from propbench.plots import (plot_correlation, plot_phase_diagram, plot_propagation,
-                                 plot_ratio_heatmap, plot_sweep_grid, plot_variance)
+                                 plot_ratio_heatmap, plot_signal_propagation, plot_sweep_grid,
+                                 plot_variance)
     from propbench.probes import probe, probe_trials
     from propbench.results import load
     from propbench.runner import RunResult, run
     from propbench.stacked import stack
     from propbench.sweep import aggregate, load_sweep
-    from propbench.theory import auto_gain, critical_sigma_w2, depth_scales, predict
+    from propbench.theory import (auto_gain, critical_sigma_w2, depth_scales, predict,
+                                  predict_residual)
     from propbench.verdict import summarize
 
 

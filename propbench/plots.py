@@ -287,10 +287,10 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
     return axes
 
 
-SPP_PANELS = (  # (site, column, title): Brock et al. 2021's signal propagation plots
-    ("block", "channel_mean_sq", "stream: average squared channel mean"),
-    ("block", "channel_var", "stream: average channel variance"),
-    ("branch", "channel_var", "residual branch: average channel variance"),
+SPP_PANELS = (  # (site, column, title, y label): Brock et al. 2021's signal propagation plots
+    ("block", "channel_mean_sq", "stream: average squared channel mean", "squared channel mean"),
+    ("block", "channel_var", "stream: average channel variance", "channel variance"),
+    ("branch", "channel_var", "residual branch: average channel variance", "channel variance"),
 )
 
 
@@ -308,13 +308,13 @@ def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
     rows = frame[(frame["quantity"] == "activation") & frame["site"].isin(["block", "branch"])]
     groups = rows.groupby(list(line_by), sort=True) if line_by else [((), rows)]
     for values, group in groups:
-        for ax, (site, column, _) in zip(axes, SPP_PANELS):
+        for ax, (site, column, _, _) in zip(axes, SPP_PANELS):
             by_block = group[group["site"] == site].groupby("layer")[column].mean()
             ok = np.isfinite(by_block.to_numpy()) & (by_block.to_numpy() > 0)
             ax.plot(by_block.index[ok], by_block.to_numpy()[ok], lw=1.5, marker="o",
                     markersize=2.5, label=_label(line_by, values) if line_by else None)
-    for ax, (_, _, title) in zip(axes, SPP_PANELS):
-        format_axes(ax, title, "block", "log scale")
+    for ax, (_, _, title, ylabel) in zip(axes, SPP_PANELS):
+        format_axes(ax, title, "block", f"{ylabel} (log scale)")
     return axes
 
 
@@ -518,8 +518,11 @@ def save_sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Any,
         if spp:  # a residual CNN: its signal propagation plots, one line per job's label
             figure = Figure(figsize=(15, 4.4), layout="constrained")
             plot_signal_propagation(rows, line_by, figure.subplots(1, 3))
-            figure.suptitle(f"{first['model']} \u00b7 depth {depth} \u00b7 width {first['width']} "
-                            f"\u00b7 batch {first['batch_size']} \u00b7 mean over trials")
+            norms = rows["norm"].unique()
+            norm = f" \u00b7 norm={norms[0]}" if len(norms) == 1 else ""
+            figure.suptitle(f"{first['model']}{norm} \u00b7 depth {depth} \u00b7 width "
+                            f"{first['width']} \u00b7 batch {first['batch_size']} \u00b7 "
+                            "signal propagation plots, mean over trials")
             paths.append(folder / f"spp_depth{depth}.png")
             _save(figure, paths[-1], dpi=100)
 

@@ -109,8 +109,9 @@ class _Tap:
             return
         site, name = self.sites[module], self.names[module]
         position = getattr(module, "probe_position", None)
-        if position is None:
-            self.layer += site == "pre"
+        if position is None:  # counted: each Linear/Conv firing starts a new layer
+            if site == "pre":
+                self.layer += 1
             position = (self.layer, None)
         if site == "attention":  # probabilities: their entropy, per row
             entropy = attention_entropy(self.split(output)).flatten(1)

@@ -18,6 +18,9 @@ REDUCED = {
     "activation_zoo": ["width=128", "batch_size=128", "trials=1"],
     "edge_of_chaos": ["width=128", "batch_size=64", "init.sigma_w2=1,1.75,2,3",
                       "init.sigma_b2=0.05,0.2"],
+    "residual_scaling": ["batch_size=64", "trials=1", "depth=10"],
+    "bn_resnet": ["trials=1", "depth=10,30"],
+    "nf_resnet": ["trials=1", "depth=16"],
     "rank_collapse": ["init=xavier,kaiming", "model.order=post", "model.mlp_ratio=0"],
     "layernorm_position": ["init=xavier,kaiming", "depth=6,24"],
 }

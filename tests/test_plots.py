@@ -88,6 +88,32 @@ def test_a_constant_signal_is_marked_as_constant_not_underflow():
     assert not any("underflow" in label for label in labels)
 
 
+def test_a_residual_frame_draws_the_stream_and_the_branch_with_their_theory():
+    frame = propbench.run(cfg("model=resmlp", "init=kaiming", "depth=6", "width=32",
+                              "batch_size=8", "trials=2")).frame
+    axes = propbench.plot_propagation(frame)
+    labels = axes[0].get_legend_handles_labels()[1]
+    assert labels == ["residual stream (block output)", "residual branch (before alpha)",
+                      "mean-field theory (dashed)"]
+    stream = axes[0].get_lines()[0]
+    np.testing.assert_allclose(stream.get_ydata(), 2.0 ** np.arange(1, 7), rtol=0.5)  # doubles
+    more = propbench.plot_variance(frame, "activation", sites=["block", "pre", "post"])
+    assert len(more.get_legend_handles_labels()[1]) == 4  # three sites and the theory
+
+
+def test_signal_propagation_plots_of_a_residual_cnn():
+    frame = propbench.run(cfg("model=resnet", "model.nf=true", "model.alpha=0.2", "depth=4",
+                              "width=8", "model.image_size=8", "batch_size=4")).frame
+    axes = propbench.plot_signal_propagation(frame)
+    assert [ax.get_title() for ax in axes] == [
+        "stream: average squared channel mean", "stream: average channel variance",
+        "residual branch: average channel variance"]
+    assert all(ax.get_yscale() == "log" and ax.get_xlabel() == "block" for ax in axes)
+    variance = axes[1].get_lines()[0].get_ydata()
+    blocks = frame[(frame.site == "block") & (frame.quantity == "activation")]
+    np.testing.assert_allclose(variance, blocks.channel_var, rtol=1e-12)
+
+
 def test_a_transformer_gets_a_token_similarity_panel(tmp_path):
     from propbench.plots import plot_token_similarity
 

@@ -74,6 +74,48 @@ def test_each_block_ordering_matches_a_hand_written_forward(overrides):
         torch.testing.assert_close(model(x), reference_forward(model, x, s), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("order, norm", [("pre", "layernorm"), ("post", "batchnorm"),
+                                         ("pre", "none")])
+def test_resnet_blocks_match_a_hand_written_forward(order, norm):
+    """Two stages of two blocks (4 -> 8 channels, an average pool between), the 1x1
+    shortcuts where the channels change, written out with F.conv2d."""
+    s = settings(cfg("model=resnet", "depth=4", "width=4", "model.image_size=8",
+                     "model.stage_every=2", "model.channel_growth=2", "model.pool=avg",
+                     f"model.order={order}", f"model.norm={norm}", "model.alpha=0.7",
+                     "batch_size=3", "dtype=float64", "init=kaiming"))
+    model = build_model(s)
+    x = draw_inputs(s, model.input_shape, 1)
+
+    def conv(h, layer):
+        return F.conv2d(h, layer.weight, layer.bias, padding=layer.kernel_size[0] // 2)
+
+    def normalize(h):
+        dims = (0, 2, 3) if norm == "batchnorm" else (1, 2, 3)  # GroupNorm(1): per example
+        if norm == "none":
+            return h
+        return (h - h.mean(dims, keepdim=True)) / torch.sqrt(h.var(dims, unbiased=False, keepdim=True) + 1e-5)
+
+    h = x
+    for i, block in enumerate(model.blocks):
+        if i == 2:
+            h = F.avg_pool2d(h, 2)
+        b = h
+        for k, sub in enumerate(block.branch):
+            if order == "pre":
+                b = conv(torch.relu(normalize(b)), sub.conv)
+            else:
+                b = normalize(conv(b, sub.conv))
+                b = b if k == len(block.branch) - 1 else torch.relu(b)
+        skip = h
+        if i in (0, 2):  # 3 -> 4 and 4 -> 8 channels
+            skip = conv(h, block.shortcut.conv)
+            skip = normalize(skip) if order == "post" else skip
+        h = skip + 0.7 * b
+        h = torch.relu(h) if order == "post" else h
+    with torch.no_grad():
+        torch.testing.assert_close(model.blocks(x), h, rtol=1e-10, atol=1e-12)
+
+
 def test_pre_and_post_orderings_put_their_layers_where_the_papers_do():
     pre = build_model(cfg("model=resmlp", "model.norm=batchnorm", *SMALL))
     post = build_model(cfg("model=resmlp", "model.norm=batchnorm", "model.order=post", *SMALL))
@@ -296,3 +338,22 @@ def test_cli_runs_a_residual_network_end_to_end(tmp_path):
     frame = propbench.load(tmp_path / "run")
     assert {"block", "branch"} <= set(frame.site) and frame.sublayer.notna().any()
     assert (tmp_path / "run" / "propagation.png").exists()
+
+
+def test_normalizer_free_resnet_resets_at_transitions_and_has_no_channel_means():
+    """alpha = 0.5, two stages of 3 blocks: 1 + l/4 within a stage, 1 + 1/4 again after the
+    transition (its 1x1 shortcut sees x / beta). Each branch loses ~11% of its variance to
+    the zero padding of its two 3x3 convolutions at 16x16, hence the 8% margin."""
+    common = ["model=resnet", "model.alpha=0.5", "depth=6", "width=32", "model.in_channels=32",
+              "model.image_size=16", "model.stage_every=3", "model.channel_growth=2",
+              "batch_size=4", "trials=2", "init=kaiming"]
+    nf = propbench.run(cfg(*common, "model.nf=true")).frame
+    blocks = nf[(nf.site == "block") & (nf.quantity == "activation")].groupby("layer").mean(
+        numeric_only=True)
+    expected = 1 + 0.25 * np.array([1, 2, 3, 1, 2, 3])
+    np.testing.assert_allclose(blocks["var"], expected, rtol=0.08)
+    assert blocks["var"][4] < blocks["var"][3]  # the reset
+    assert (blocks["channel_mean_sq"] < 0.01 * blocks["channel_var"]).all()
+    plain = propbench.run(cfg(*common)).frame  # He init, no standardization: channel means
+    means = plain[(plain.site == "block") & (plain.quantity == "activation")]
+    assert (means["channel_mean_sq"] / means["channel_var"]).mean() > 0.1
