@@ -1,5 +1,6 @@
-"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks, and their
-residual versions ``resmlp`` and ``resnet``.
+"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks, their
+residual versions ``resmlp`` and ``resnet``, and the ``transformer``
+(:mod:`propbench.transformer`, whose module paths and rows are described there).
 
 A plain block is ``weight layer -> [norm] -> activation [-> pool]``. Module paths are
 ``blocks.<i>.linear`` / ``blocks.<i>.conv``, ``blocks.<i>.norm``, ``blocks.<i>.act``

@@ -247,8 +247,10 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
         shape = model.split(output).shape[1:]
         return model.merge([_normal(shape, seed, output.dtype) for seed in seeds])
 
+    if token_dim is None:
+        token_dim = getattr(model, "token_dim", None)
     meta, stats = _measure(model, merged_inputs, model.probed_modules(), draw, pairs, keep_grads,
-                           model.split, getattr(model, "token_dim", None) if token_dim is None else token_dim)
+                           model.split, token_dim)
     frames = [_frame(meta, stats[:, t]) for t in range(model.trials)]
     for t, frame in enumerate(frames):
         frame.insert(0, "trial", t)
