@@ -42,9 +42,9 @@ figures: install  ## regenerate the figures the README shows
 	cp results/figures/relu_spectrum_d16/spectrum.png results/figures/relu_spectrum_d16.png
 
 EXPERIMENTS := default_init prelu_gain selu_lecun conv_fan_mode activation_zoo edge_of_chaos \
-               dynamical_isometry residual_scaling bn_resnet nf_resnet
+               dynamical_isometry residual_scaling bn_resnet nf_resnet rank_collapse layernorm_position
 
-experiments: install  ## run the ten experiments; figures and summaries land in results/experiments/
+experiments: install  ## run the twelve experiments; figures and summaries land in results/experiments/
 	for name in $(EXPERIMENTS); do \
 	  rm -rf results/experiments/$$name; \
 	  $(PY) -m propbench +experiment=$$name || exit 1; \

@@ -209,6 +209,10 @@ def _task(cfg: Any, ready: Optional[dict[frozenset[str], Any]]) -> Optional[floa
             log.info("  " + describe(quantity, summary[quantity]))
     if "spectrum" in summary:
         log.info("  " + describe_spectrum(summary["spectrum"]))
+    if "token_similarity" in summary:
+        tokens = summary["token_similarity"]
+        log.info(f"  tokens:     similarity {tokens['first_block']:.3f} at the first block, "
+              f"{tokens['last_block']:.3f} at the last (1 = collapsed)")
     if result.resumed:
         log.info(f"  kept {result.folder}/: complete for this config (resume=true)")
     else:

@@ -94,7 +94,9 @@ class Theory:
         fans of the built layers, not their values."""
         from propbench.inits import WEIGHTED_TYPES, layer_variances
 
-        if s.model.residual:
+        from propbench.config import ResidualKeys
+
+        if isinstance(s.model, ResidualKeys):  # (a transformer's `residual` is a key)
             return cls._residual(s, model)
         weighted = [m for m in model.probed_modules() if isinstance(m, WEIGHTED_TYPES)]
         if s.init.data_dependent:

@@ -53,6 +53,8 @@ class ModelConfig:
     # convolutions GroupNorm with one group: over channels and positions)
     norm: Norm = Norm.none
     residual: ClassVar[bool] = False  # x -> x + alpha * branch(x) blocks (ResidualKeys)
+    # False: a pass runs one network (trials one at a time), not a stack of trials
+    stackable: ClassVar[bool] = True
 
     def check(self) -> None:
         """Range checks of this model's keys (ConfigError, one line)."""
@@ -138,6 +140,18 @@ class CNNConfig(ModelConfig):
 INV_SQRT_DEPTH = "inv_sqrt_depth"
 
 
+def check_alpha(alpha: Any) -> None:
+    """A branch multiplier is a finite number >= 0 or ``inv_sqrt_depth``."""
+    if alpha == INV_SQRT_DEPTH:
+        return
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(alpha, bool) or not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"model.alpha={alpha}: must be a finite number >= 0 or {INV_SQRT_DEPTH}")
+
+
 @dataclass
 class ResidualKeys:
     """The keys of a residual model: ``depth`` blocks ``x -> x + alpha * branch(x)``
@@ -156,14 +170,7 @@ class ResidualKeys:
 
     def check(self) -> None:
         _at_least("model.branch_layers", self.branch_layers, 1)
-        if self.alpha != INV_SQRT_DEPTH:
-            try:
-                value = float(self.alpha)
-            except (TypeError, ValueError):
-                value = math.nan
-            if isinstance(self.alpha, bool) or not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"model.alpha={self.alpha}: must be a finite number >= 0 "
-                                  f"or {INV_SQRT_DEPTH}")
+        check_alpha(self.alpha)
         if self.nf and self.norm != Norm.none:
             raise ConfigError(f"model.nf=true: normalizer-free needs model.norm=none "
                               f"(got {self.norm.value})")
@@ -224,6 +231,50 @@ class ResNetConfig(ResidualKeys, CNNConfig):
 
 
 @dataclass
+class TransformerConfig(ModelConfig):
+    """``depth`` blocks of multi-head self-attention and an MLP on inputs of shape
+    ``(batch_size, tokens, width)`` (propbench.transformer): pre-LN (GPT-2) or post-LN
+    (Vaswani et al. 2017) residual sublayers ``x + alpha * branch(x)``."""
+
+    name: str = "transformer"
+    norm: Norm = Norm.layernorm  # layernorm | none: the LayerNorm of each sublayer
+    heads: int = 4  # attention heads; must divide width
+    tokens: int = 64  # sequence length
+    mlp_ratio: int = 4  # MLP hidden units per width unit; 0: attention-only blocks
+    order: Order = Order.pre  # pre: x + branch(LN(x)); post: LN(x + branch(x))
+    final_norm: bool = True  # a LayerNorm after the last block (GPT-2's ln_f)
+    alpha: Any = 1.0  # branch multiplier: a number >= 0 or inv_sqrt_depth (1/sqrt(depth))
+    # false: no skip connections, x -> alpha * branch(x) (a key here, where ModelConfig's
+    # class flag says whether the model has ResidualKeys' branches)
+    residual: bool = True
+    causal: bool = False  # mask the future tokens (a decoder)
+    stackable: ClassVar[bool] = False
+
+    branch_scale = ResidualKeys.branch_scale
+
+    def check(self) -> None:
+        for key in ("heads", "tokens"):
+            _at_least(f"model.{key}", getattr(self, key), 1)
+        _at_least("model.mlp_ratio", self.mlp_ratio, 0)
+        if self.norm == Norm.batchnorm:
+            raise ConfigError("model.norm=batchnorm: a transformer takes layernorm or none")
+        check_alpha(self.alpha)
+
+    def check_width(self, width: int) -> None:
+        if width % self.heads:
+            raise ConfigError(f"model.heads={self.heads}: must divide width={width}")
+
+    def footprint(self) -> tuple[int, int]:
+        # q, k, v, out and the MLP's two layers; per token about 8 + 3 ratio saved tensors
+        # of width units, and heads * tokens attention probabilities (counted for width >= 64)
+        per_token = 8 + 3 * self.mlp_ratio + math.ceil(self.heads * self.tokens / 64)
+        return 4 + 2 * self.mlp_ratio, self.tokens * per_token
+
+    def theory_gap(self) -> Optional[str]:
+        return "the mean-field recursion does not model attention or LayerNorm"
+
+
+@dataclass
 class CustomConfig(ModelConfig):
     """Any ``nn.Module`` a factory builds: ``_target_`` names the factory (a class or a
     function, ``pkg.module.name``), called with every further key of ``model`` as a keyword
@@ -255,7 +306,8 @@ class CustomConfig(ModelConfig):
 
 
 MODELS: dict[str, type[ModelConfig]] = {
-    model.name: model for model in (MLPConfig, CNNConfig, ResMLPConfig, ResNetConfig, CustomConfig)}
+    model.name: model for model in (MLPConfig, CNNConfig, ResMLPConfig, ResNetConfig, TransformerConfig,
+                   CustomConfig)}
 # keys of model=custom that are its own, not the factory's
 CUSTOM_KEYS = ("name", "_target_", "norm", "kwargs")
 
@@ -363,7 +415,9 @@ class Expectation:
     ``quantity``, and its log10 ratio lies ``between`` the two numbers given."""
 
     where: dict[str, Any] = field(default_factory=dict)
-    quantity: str = "activation"  # activation | gradient
+    # activation | gradient (verdicts, log10 ratios); token_similarity | attention_entropy |
+    # weight_gradient (values: see propbench.sweep.VALUE_COLUMNS)
+    quantity: str = "activation"
     verdict: list[str] = field(default_factory=list)  # accepted verdicts (empty: any)
     # [low, high]: the log10 ratio must lie in it (a closed form's value, with its margin)
     between: Optional[list[float]] = None
@@ -480,11 +534,13 @@ def validate(s: PropbenchConfig) -> None:
     for group in GROUPS:
         _option(group, getattr(s, group))
     s.model.check()
+    if hasattr(s.model, "check_width"):
+        s.model.check_width(s.width)
     _check_slope(s.act)
     s.init.check()
     s.init.check_model(s.model, s.width)
     s.spectrum.check(s.depth, s.batch_size, s.model)
-    if s.init.residual_only and not s.model.residual:
+    if s.init.residual_only and not isinstance(s.model, ResidualKeys):
         raise ConfigError(f"init={s.init.name}: only residual models take it (model=resmlp or "
                           f"model=resnet, not model={s.model.name})")
     if s.init.residual_only and getattr(s.model, "nf", False):

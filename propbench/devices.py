@@ -134,7 +134,10 @@ CPU_STACK_BYTES = 2**30
 def trials_at_once(s: Any, device: Any) -> int:
     """How many trials one stacked pass probes: ``trial_batch`` where set (at most
     ``trials``); else as many as fit in half the free memory on CUDA (stacking turns T
-    launch-bound passes into one), and in at most ``CPU_STACK_BYTES`` on the CPU."""
+    launch-bound passes into one), and in at most ``CPU_STACK_BYTES`` on the CPU. A model
+    that does not stack (``stackable``: the transformer) runs one trial at a time."""
+    if not s.model.stackable:
+        return 1
     if s.trial_batch is not None:
         return min(s.trial_batch, s.trials)
     if s.trials == 1:

@@ -1,5 +1,6 @@
-"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks, and their
-residual versions ``resmlp`` and ``resnet``.
+"""The deep stacks propbench probes: an MLP and a CNN made of identical blocks, their
+residual versions ``resmlp`` and ``resnet``, and the ``transformer``
+(:mod:`propbench.transformer`, whose module paths and rows are described there).
 
 A plain block is ``weight layer -> [norm] -> activation [-> pool]``. Module paths are
 ``blocks.<i>.linear`` / ``blocks.<i>.conv``, ``blocks.<i>.norm``, ``blocks.<i>.act``
@@ -25,6 +26,8 @@ from propbench.inits import init_model
 from propbench.residual import (Branch, ResidualBlock, WSConv2d, WSLinear, nf_betas,
                                 nf_gamma)
 from propbench.seeds import trial_seeds
+from propbench.transformer import (ResidualSublayer, SelfAttention, Transformer, TransformerBlock,
+                                   mlp_branch)
 
 
 class Block(nn.Module):
@@ -204,9 +207,29 @@ def resnet(s: PropbenchConfig, dtype: torch.dtype) -> DeepStack:
     return DeepStack(blocks, head, (model.in_channels, model.image_size, model.image_size))
 
 
+def transformer(s: PropbenchConfig, dtype: torch.dtype) -> Transformer:
+    """``depth`` transformer blocks (see TransformerConfig and propbench.transformer)."""
+    model, width = s.model, s.width
+    alpha = model.branch_scale(s.depth)
+
+    def sublayer(branch: nn.Module) -> ResidualSublayer:
+        return ResidualSublayer(branch, make_norm(model.norm, width, False, dtype), alpha,
+                                model.order == Order.pre, model.residual)
+
+    blocks = []
+    for _ in range(s.depth):
+        parts = [sublayer(SelfAttention(width, model.heads, model.causal, s.bias, dtype))]
+        if model.mlp_ratio > 0:
+            act = make_activation(s.act.name, s.act.slope).to(dtype)
+            parts.append(sublayer(mlp_branch(width, model.mlp_ratio, act, s.bias, dtype)))
+        blocks.append(TransformerBlock(*parts))
+    final = nn.LayerNorm(width, dtype=dtype) if model.final_norm else None
+    return Transformer(blocks, final, (model.tokens, width))
+
+
 # model name (a key of propbench.config.MODELS) -> the function that builds it
-BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], DeepStack]] = {
-    "mlp": mlp, "cnn": cnn, "resmlp": resmlp, "resnet": resnet}
+BUILDERS: dict[str, Callable[[PropbenchConfig, torch.dtype], nn.Module]] = {
+    "mlp": mlp, "cnn": cnn, "resmlp": resmlp, "resnet": resnet, "transformer": transformer}
 DTYPES = {DType.float32: torch.float32, DType.float64: torch.float64}
 
 

@@ -242,19 +242,50 @@ def plot_correlation(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
                        "mean cosine similarity", log_y=False)
 
 
+def plot_token_similarity(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
+    """The mean cosine similarity between the tokens of a sequence per block
+    (``token_similarity`` rows): 1 means every token is the same vector (rank collapse,
+    Dong et al. 2021). With several trials the line is their mean, the band min..max."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    rows = frame[(frame["quantity"] == "token_similarity") & (frame["layer"] >= 1)]
+    keys = ["trial", "layer"] if "trial" in rows.columns else ["layer"]
+    stats = rows.groupby(keys)["mean"].mean().groupby("layer").agg(["mean", "min", "max"])
+    label, colour = SITE_STYLE["block"]
+    ax.plot(stats.index, stats["mean"], color=colour, lw=1.5, label=label,
+            marker="o" if len(stats) <= 30 else None, markersize=3)
+    if "trial" in rows.columns and rows["trial"].nunique() > 1:
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, lw=0)
+    ax.axhline(1.0, color="grey", ls=":", lw=1.0, label="collapsed (all tokens equal)")
+    low = float(stats["min"].min()) if len(stats) else 0.0
+    ax.set_ylim(min(-0.05, low - 0.05), 1.05)
+    return format_axes(ax, "Token similarity (rank collapse)", "layer (block index)",
+                       "mean cosine similarity of tokens", log_y=False)
+
+
+def _extra_panels(frame: pd.DataFrame) -> list[Any]:
+    """The panels after the two variance panels that this frame has data for."""
+    quantities = set(frame["quantity"])
+    return [plot for quantity, plot in (("correlation", plot_correlation),
+                                        ("token_similarity", plot_token_similarity))
+            if quantity in quantities]
+
+
 def plot_propagation(frame: pd.DataFrame, axes: Optional[Sequence[Any]] = None) -> Sequence[Any]:
-    """Activations (forward) and gradients (backward), and the correlation of input pairs
-    when the frame has it, titled with the config."""
-    with_pairs = bool((frame["quantity"] == "correlation").any())
+    """Activations (forward) and gradients (backward), then the correlation of input pairs
+    and the token similarity when the frame has them, titled with the config."""
+    extra = _extra_panels(frame)
     if axes is None:
         import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(1, 3 if with_pairs else 2, figsize=(18 if with_pairs else 12, 4.5),
-                               layout="constrained")
+        panels = 2 + len(extra)
+        _, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), layout="constrained")
     for ax, quantity in zip(axes, PANELS):
         plot_variance(frame, quantity, ax=ax)
-    if with_pairs:
-        plot_correlation(frame, ax=axes[2])
+    for ax, plot in zip(axes[2:], extra):
+        plot(frame, ax=ax)
     axes[0].figure.suptitle(config_title(frame), fontsize=12)
     return axes
 
@@ -271,7 +302,7 @@ def propagation_figure(frame: pd.DataFrame) -> Any:
     """:func:`plot_propagation` on a new matplotlib Figure (no pyplot)."""
     from matplotlib.figure import Figure
 
-    panels = 3 if (frame["quantity"] == "correlation").any() else 2
+    panels = 2 + len(_extra_panels(frame))
     figure = Figure(figsize=(6 * panels, 4.5))
     # fixed margins: the layout is always the same, and a layout engine costs ~0.25 s a figure
     figure.subplots_adjust(left=0.07 / panels * 2, right=0.975, bottom=0.11, top=0.86,
@@ -299,7 +330,7 @@ def signal_label(frame: pd.DataFrame, quantity: str) -> str:
 
 def _label(keys: Sequence[str], values: Any) -> str:
     values = values if isinstance(values, tuple) else (values,)
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, values))
+    return ", ".join(f"{k.removeprefix('model.')}={v}" for k, v in zip(keys, values))
 
 
 def _signal_lines(rows: pd.DataFrame, quantity: str) -> tuple[pd.Series, Optional[pd.Series]]:
@@ -435,6 +466,49 @@ def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
     for ax, (_, _, title, ylabel) in zip(axes, SPP_PANELS):
         format_axes(ax, title, "block", f"{ylabel} (log scale)")
     return axes
+
+
+MAX_LINES = 12  # a figure with more labelled lines than this is not drawn
+
+
+def plot_token_bars(table: pd.DataFrame, label_by: Sequence[str], ax: Optional[Any] = None) -> Any:
+    """A sweep's token similarity at the last block, one horizontal bar per job labelled by
+    ``label_by`` (the table's ``token_similarity`` column); 1 = collapsed."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 1.2 + 0.25 * len(table)), layout="constrained")
+    rows = table.sort_values(list(label_by))
+    labels = [_label(label_by, tuple(v)) for v in rows[list(label_by)].itertuples(index=False)]
+    values = rows["token_similarity"].to_numpy(dtype=float)
+    ax.barh(np.arange(len(values)), values, color="C4")
+    for y, value in enumerate(values):
+        ax.text(max(value, 0) + 0.01, y, f"{value:.2f}", va="center", fontsize=7)
+    ax.set_yticks(np.arange(len(values)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(min(0.0, float(np.nanmin(values)) - 0.05) if len(values) else 0.0, 1.12)
+    ax.axvline(1.0, color="grey", ls=":", lw=1.0)
+    return format_axes(ax, "at the last block (1 = collapsed)",
+                       "mean cosine similarity of tokens", "", log_y=False)
+
+
+def plot_weight_gradients(frame: pd.DataFrame, line_by: Sequence[str], ax: Optional[Any] = None) -> Any:
+    """The weight gradients' variance per block (the mean over a block's weights and over
+    trials), one line per value of ``line_by``: where a transformer's gradients sit (Xiong
+    et al. 2020: the last blocks for post-LN, the first for pre-LN)."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    rows = frame[(frame["quantity"] == "gradient") & (frame["site"] == "weight")]
+    for values, group in rows.groupby(list(line_by), sort=True):
+        keys = ["trial", "layer"] if "trial" in group.columns else ["layer"]
+        var = group.groupby(keys)["var"].mean().groupby("layer").mean()
+        ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
+        ax.plot(var.index[ok], var.to_numpy()[ok], lw=1.5, marker="o", markersize=2.5,
+                label=_label(line_by, values))
+    return format_axes(ax, "\u2202/\u2202 weights: variance per block", "layer (block index)",
+                       "variance (log scale)")
 
 
 def ratio_bound(values: Any) -> float:
@@ -631,6 +705,18 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
                             f"{_trials_text(rows)}")
             figures[f"spp_depth{depth}.png"] = figure
 
+        if "token_similarity" in jobs_here and jobs_here["token_similarity"].notna().any():
+            bars = Figure(figsize=(9, 1.4 + 0.22 * len(jobs_here)), layout="constrained")
+            plot_token_bars(jobs_here, line_by, bars.subplots())
+            bars.suptitle(f"Token similarity \u00b7 {first['model']} \u00b7 {size} \u00b7 batch "
+                          f"{first['batch_size']}")
+            figures[f"tokens_depth{depth}.png"] = bars
+        if "token_similarity" in jobs_here and rows.groupby(line_by).ngroups <= MAX_LINES:
+            figure = Figure(figsize=(8, 5), layout="constrained")
+            plot_weight_gradients(rows, line_by, figure.subplots())
+            figure.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
+                            f"\u00b7 {_trials_text(rows)}")
+            figures[f"weight_gradients_depth{depth}.png"] = figure
         bound = ratio_bound(jobs_here[[f"{q}_log10_ratio" for q in PANELS]])
         if row_by is None:
             heat = Figure(figsize=(7, 2.4 + 0.4 * n_lines), layout="constrained")

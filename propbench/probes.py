@@ -36,10 +36,13 @@ from propbench.external import (OutputKey, call, check_model, first_tensor, orig
 from propbench.moments import Moments
 from propbench.sites import check_sites, recognised
 from propbench.sites import classify as _classify
+from propbench.tokens import attention_entropy, token_similarity
 
 # branch: a residual branch's output (before alpha); block: a block's output, the stream
-SITES = ("pre", "norm", "post", "weight", "branch", "block")
-QUANTITIES = ("activation", "gradient", "correlation")
+SITES = ("pre", "norm", "post", "weight", "branch", "block", "attention")
+# token_similarity: per block, mean cosine similarity of a sequence's tokens (block rows);
+# attention_entropy: mean entropy of the attention rows in nats (attention rows)
+QUANTITIES = ("activation", "gradient", "correlation", "token_similarity", "attention_entropy")
 FRAME_COLUMNS = [
     "layer", "sublayer", "module", "site", "quantity", "mean", "var", "second_moment", "n",
     "nonfinite", "channel_mean_sq", "channel_var",
@@ -87,6 +90,7 @@ class _Tap:
     stats: Moments = field(default_factory=Moments)
     handles: list[Any] = field(default_factory=list)
     weight_hooked: set[nn.Module] = field(default_factory=set)
+    token_dim: Optional[int] = None  # the tokens' axis of a block output: token_similarity
 
     def record(self, layer: int, sublayer: Optional[int], name: str, site: str, quantity: str,
                t: torch.Tensor) -> None:
@@ -96,6 +100,10 @@ class _Tap:
         if self.pairs and quantity == "activation" and site in ("pre", "post"):
             self.meta.append((layer, sublayer, name, site, "correlation", v.shape[1] // 2))
             self.stats.add_pairs(v)
+        if self.token_dim is not None and quantity == "activation" and site == "block":
+            similarity = token_similarity(v.flatten(0, 1), self.token_dim).view(v.shape[:2])
+            self.meta.append((layer, sublayer, name, site, "token_similarity", v.shape[1]))
+            self.stats.add(similarity, per_channel=False)
 
     def _name(self, module: nn.Module) -> str:
         """The module's path; a module called again in the same pass (a torchvision block's
@@ -114,6 +122,11 @@ class _Tap:
         elif position is None:  # depth is the number of projections so far
             self.layer += site == "pre"
             position = (self.layer, None)
+        if site == "attention":  # probabilities: their entropy, per row
+            entropy = attention_entropy(self.split(output)).flatten(1)
+            self.meta.append((*position, name, site, "attention_entropy", entropy.shape[1]))
+            self.stats.add(entropy, per_channel=False)
+            return
         if site == "pre":
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor) and weight.requires_grad and module not in self.weight_hooked:
@@ -166,7 +179,8 @@ def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module
              split: Callable[..., torch.Tensor] = _one_trial,
              blocks: Sequence[tuple[str, nn.Module]] = (), output_key: OutputKey = None,
              sites: Optional[dict] = None, backward_from: str = "output",
-             notes: Optional[dict[str, Any]] = None) -> tuple[list[tuple], np.ndarray]:
+             notes: Optional[dict[str, Any]] = None,
+             token_dim: Optional[int] = None) -> tuple[list[tuple], np.ndarray]:
     """One forward+backward with the hooks; the records' metadata and their stats as a
     (records, trials, 5) array. ``notes`` (if given) receives the output's name and the
     tapped modules that never fired."""
@@ -177,7 +191,8 @@ def _measure(model: nn.Module, inputs: Any, modules: Optional[Iterable[nn.Module
     if unknown:
         raise ProbeError(f"probe: {type(unknown[0]).__name__} is not a submodule of the model")
     tap = _Tap(found or {m: _classify(m, names[m], sites) or "post" for m in modules}, names,
-               split, pairs, blocks={m: i for i, (_, m) in enumerate(blocks, 1)})
+               split, pairs, blocks={m: i for i, (_, m) in enumerate(blocks, 1)},
+               token_dim=token_dim)
     model.zero_grad(set_to_none=True)
     tap.attach()
     if not keep_grads:  # free each gradient as soon as it lands: no second copy of the weights
@@ -217,6 +232,7 @@ def probe(
     seed: int = 0,
     pairs: bool = False,
     keep_grads: bool = True,
+    token_dim: Optional[int] = None,
 ) -> pd.DataFrame:
     """Run ``model(inputs)`` forward and a cotangent backward; return per-layer statistics.
 
@@ -258,7 +274,13 @@ def probe(
     net needs no second copy of its weights. With ``pairs=True`` the batch is
     read as pairs (rows 2i, 2i+1), and each pre- and post-activation also gets a
     ``correlation`` row: the mean over pairs of the cosine similarity of their outputs
-    (``n`` = number of pairs, ``var`` its spread over the pairs).
+    (``n`` = number of pairs, ``var`` its spread over the pairs). With ``token_dim`` (the
+    tokens' axis of a block output, 1 for ``(batch, tokens, width)``) each ``block`` row
+    also gets a ``token_similarity`` row: per example the mean cosine similarity between
+    its distinct tokens (:func:`propbench.tokens.token_similarity`; 1 = collapsed), ``mean``
+    over the batch, ``n`` = batch size. Attention probabilities (a module with
+    ``probe_site = "attention"``, as propbench's transformer has) give one
+    ``attention_entropy`` row each: the mean entropy of the attention rows in nats.
 
     Returns one row per (layer, module, site, quantity) with columns ``FRAME_COLUMNS``:
     ``var`` is the population variance over all elements (batch, units, positions), exact to
@@ -288,7 +310,7 @@ def probe(
     with unchanged(model):
         meta, stats = _measure(model, inputs, modules, draw, pairs, keep_grads, blocks=chosen,
                                output_key=output, sites=sites, backward_from=backward_from,
-                               notes=notes)
+                               notes=notes, token_dim=token_dim)
     frame = _frame(meta, stats[:, 0])
     frame.attrs.update(output=notes["output"], blocks=block_summary(chosen))
     for warning in _warnings(frame, notes["silent"]):
@@ -311,13 +333,15 @@ def _warnings(frame: pd.DataFrame, silent: list[str]) -> list[str]:
 
 
 def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[int],
-                 pairs: bool = False, keep_grads: bool = True) -> pd.DataFrame:
+                 pairs: bool = False, keep_grads: bool = True,
+                 token_dim: Optional[int] = None) -> pd.DataFrame:
     """Probe the T networks of a :class:`propbench.stacked.TrialStack` in one pass.
 
     ``inputs[t]`` and the cotangent drawn with ``seeds[t]`` are what :func:`probe` (with
     ``seed=seeds[t]``) would give trial t's own network; the result is the T frames
     :func:`probe` would return, with a leading ``trial`` column 0..T-1, equal up to
-    floating-point summation order. T = 1 is a single network.
+    floating-point summation order. T = 1 is a single network. ``token_dim`` defaults to
+    the model's own (the transformer's: 1).
     """
     if len(inputs) != model.trials or len(seeds) != model.trials:
         raise ValueError(f"probe_trials: {model.trials} trials need as many inputs and seeds")
@@ -327,8 +351,10 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
         shape = model.split(output).shape[1:]
         return model.merge([_normal(shape, seed, output.dtype) for seed in seeds])
 
+    if token_dim is None:
+        token_dim = getattr(model, "token_dim", None)
     meta, stats = _measure(model, merged_inputs, model.probed_modules(), draw, pairs, keep_grads,
-                           model.split)
+                           model.split, token_dim=token_dim)
     frames = [_frame(meta, stats[:, t]) for t in range(model.trials)]
     for t, frame in enumerate(frames):
         frame.insert(0, "trial", t)

@@ -29,7 +29,7 @@ from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, complete
                                write_spectrum, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
-from propbench.verdict import summarize
+from propbench.verdict import summarize, token_summary
 
 
 @dataclass(frozen=True)
@@ -311,6 +311,7 @@ def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) ->
     return {
         **summarize(frame),
         **({"probe": probed} if probed else {}),
+        **token_summary(frame),
         "theory": theory.summary(frame),
         "config": s.to_dict(),
         "device": device_name(job.device),

@@ -231,6 +231,10 @@ def stack(models: Sequence[DeepStack]) -> TrialStack:
     if trials < 1:
         raise ValueError("stack: needs at least one model")
     first = models[0]
+    if not isinstance(first, DeepStack):  # a model that runs one trial per pass (transformer)
+        if trials > 1:
+            raise ValueError(f"stack: {type(first).__name__} runs one trial at a time")
+        return first
     layout = "cnn" if any(isinstance(m, nn.Conv2d) for m in first.blocks.modules()) else "mlp"
     blocks = [_stack_layer([m.blocks[i] for m in models], layout) for i in range(len(first.blocks))]
     head = None if first.head is None else _head_conv([m.head for m in models])

@@ -11,7 +11,8 @@ what its run wrote. The sweep holds the folder's lock while it runs; its own mes
 - ``sweep.csv``: every ok job's ``stats.csv`` stacked, with ``job`` and the sweep's
   override columns;
 - ``sweep_summary.csv``: one row per job: status, error, overrides, the two
-  ``log10_ratio``s and verdicts;
+  ``log10_ratio``s and verdicts, and for transformers the ``VALUE_COLUMNS`` (token
+  similarity and attention entropy at the last block, the weight-gradient log10 ratio);
 - ``summary.md``: the same as a table, and the experiment's claim check if there is one;
 - ``grid_depth<D>.png`` and ``heatmap_depth<D>.png`` per depth;
 - with ``spectrum=true`` jobs: ``spectrum.csv`` (their spectrum.csv stacked, with ``job``
@@ -38,6 +39,14 @@ from propbench.logs import log
 from propbench.results import (ERROR, MANIFEST, SPECTRUM, SUMMARY, atomic_write, check_run,
                                folder_lock, read_json)
 from propbench.verdict import SIGNALS
+
+# quantities an expectation checks by a value in the table (``between``), not a verdict:
+# summary key -> (the table's column, the summary's field); see verdict.token_summary
+VALUE_COLUMNS = {
+    "token_similarity": ("token_similarity", "last_block"),
+    "attention_entropy": ("attention_entropy", "last_block"),
+    "weight_gradient": ("weight_gradient_log10_ratio", "log10_ratio"),
+}
 
 SWEEP_CSV, SWEEP_SUMMARY, SWEEP_MD = "sweep.csv", "sweep_summary.csv", "summary.md"
 SPECTRUM_COLUMNS = {"spectrum_spread": math.nan, "spectrum_theory_spread": math.nan,
@@ -244,6 +253,8 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
                     ratio if ratio is not None else -math.inf if result.get("verdict") == "vanishing"
                     else math.nan)
                 row[f"{quantity}_verdict"] = result.get("verdict", "")
+            for quantity, (column, key) in VALUE_COLUMNS.items():
+                row[column] = summary.get(quantity, {}).get(key, math.nan)
             stats.insert(0, "job", job)
             for key in keys:
                 if key not in stats.columns:
@@ -380,10 +391,12 @@ def check_claim(folder: Path, table: Any) -> Optional[dict[str, Any]]:
         match = table
         for key, value in where.items():
             match = match[match[key].astype(str) == value] if key in match else match.iloc[0:0]
-        column = f"{expect['quantity']}_verdict"
-        got = match[column].tolist() if column in match else []
-        column = f"{expect['quantity']}_log10_ratio"
-        ratios = [float(r) for r in match[column]] if column in match else [math.nan] * len(got)
+        quantity = expect["quantity"]
+        column = VALUE_COLUMNS.get(quantity, (f"{quantity}_log10_ratio",))[0]
+        ratios = [float(r) for r in match[column]] if column in match else [math.nan] * len(match)
+        verdicts = f"{quantity}_verdict"
+        got = ((match[verdicts].tolist() if verdicts in match else []) if quantity not in VALUE_COLUMNS
+               else [f"{r:.3f}" for r in ratios])
         between = expect.get("between")
         held = all(v in expect["verdict"] for v in got) if expect.get("verdict") else True
         if between:
@@ -411,7 +424,8 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
     table = report.table
     shown = [k for k in keys if table[k].nunique() > 1] or keys
     with_spectrum = "spectrum_verdict" in table.columns
-    header = ["job", *shown, "activation", "gradient",
+    values = [c for c, _ in VALUE_COLUMNS.values() if c in table and table[c].notna().any()]
+    header = ["job", *shown, "activation", "gradient", *values,
               *(["spectrum: var/mean\u00b2 of s\u00b2 (theory)"] if with_spectrum else []), "status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
@@ -420,6 +434,7 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
             verdict, ratio = row[f"{quantity}_verdict"], row[f"{quantity}_log10_ratio"]
             judged = isinstance(verdict, str) and verdict  # a failed job has none (NaN)
             cells.append(f"{verdict} ({_format_ratio(ratio)})" if judged else "")
+        cells += [f"{row[c]:.3f}" for c in values]
         if with_spectrum:
             verdict = row["spectrum_verdict"]
             cells.append(f"{verdict} ({row['spectrum_spread']:.3g} ({row['spectrum_theory_spread']:.3g}))"
@@ -440,8 +455,10 @@ def markdown(report: SweepReport, keys: list[str]) -> str:
             got = ", ".join(check["got"]) or "no such job in this sweep"
             if check.get("between"):
                 low, high = check["between"]
-                expected.append(f"log10 ratio in [{low:+.2f}, {high:+.2f}]")
-                if check["got"]:
+                measure = (VALUE_COLUMNS[check["quantity"]][0] if check["quantity"] in VALUE_COLUMNS
+                           else "log10 ratio")
+                expected.append(f"{measure} in [{low:+.2f}, {high:+.2f}]")
+                if check["got"] and check["quantity"] not in VALUE_COLUMNS:
                     got = ", ".join(f"{v} ({_format_ratio(r)})"
                                     for v, r in zip(check["got"], check["ratios"]))
             lines.append(f"- {mark}: {where}: {check['quantity']} expected "

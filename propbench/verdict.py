@@ -179,6 +179,38 @@ def objective(summary: dict[str, Any], signal: str = "gradient") -> float:
     return max(scores)
 
 
+def _per_block(frame: pd.DataFrame, quantity: str, site: str, column: str) -> pd.Series:
+    """``column`` per layer (block), averaged over a block's rows, then over trials."""
+    rows = frame[(frame["quantity"] == quantity) & (frame["site"] == site) & (frame["layer"] >= 1)]
+    keys = ["trial", "layer"] if "trial" in rows.columns else ["layer"]
+    return rows.groupby(keys)[column].mean().groupby("layer").mean()
+
+
+def token_summary(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What a transformer's frame adds to the summary, each only where the frame has it:
+    ``token_similarity`` (its first_block, last_block and max over blocks; 1 = collapsed),
+    ``attention_entropy`` (nats, first_block and last_block) and ``weight_gradient``: the
+    weight-gradient variance per block (the mean over the block's weights), as the
+    log10 ratio of the last block's to the first block's, the mean over blocks, and
+    ``peak_block``, the block where it is largest (Xiong et al. 2020 compare these between
+    pre- and post-LN)."""
+    out: dict[str, dict[str, Any]] = {}
+    for quantity, site in (("token_similarity", "block"), ("attention_entropy", "attention")):
+        values = _per_block(frame, quantity, site, "mean")
+        if len(values):
+            out[quantity] = {"first_block": float(values.iloc[0]),
+                             "last_block": float(values.iloc[-1]), "max": float(values.max())}
+    if "token_similarity" in out:
+        weights = _per_block(frame, "gradient", "weight", "var")
+        if len(weights) > 1 and (weights > 0).all():
+            out["weight_gradient"] = {
+                "log10_ratio": float(np.log10(weights.iloc[-1] / weights.iloc[0])),
+                "mean_var": float(weights.mean()),
+                "peak_block": int(weights.idxmax()),
+            }
+    return out
+
+
 def range_warning(summary: dict[str, Any], dtype: str) -> Optional[str]:
     """One line saying where the signal left the float range (or turned constant), or None."""
     exits, constants = [], []

@@ -36,7 +36,7 @@ def test_each_scheme_has_only_its_own_parameters():
 
 
 def test_required_groups_and_options_exist():
-    assert set(group_options("model")) == {"mlp", "cnn", "resmlp", "resnet", "custom"}
+    assert set(group_options("model")) == {"mlp", "cnn", "resmlp", "resnet", "transformer", "custom"}
     assert {"relu", "tanh", "selu", "prelu", "leaky_relu", "gelu", "silu", "elu", "sigmoid",
             "linear"} <= set(group_options("act"))
     assert {"default", "kaiming", "xavier", "lecun", "orthogonal", "scaled"} <= set(group_options("init"))

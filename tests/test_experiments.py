@@ -24,6 +24,8 @@ REDUCED = {
     "residual_scaling": ["batch_size=64", "trials=1", "depth=10"],
     "bn_resnet": ["trials=1", "depth=10,30"],
     "nf_resnet": ["trials=1", "depth=16"],
+    "rank_collapse": ["init=xavier,kaiming", "model.order=post", "model.mlp_ratio=0"],
+    "layernorm_position": ["init=xavier,kaiming", "depth=6,24"],
 }
 
 

@@ -112,3 +112,20 @@ def test_signal_propagation_plots_of_a_residual_cnn():
     variance = axes[1].get_lines()[0].get_ydata()
     blocks = frame[(frame.site == "block") & (frame.quantity == "activation")]
     np.testing.assert_allclose(variance, blocks.channel_var, rtol=1e-12)
+
+
+def test_a_transformer_gets_a_token_similarity_panel(tmp_path):
+    from propbench.plots import plot_token_similarity
+
+    frame = propbench.run(cfg("model=transformer", "depth=3", "width=16", "batch_size=4",
+                              "model.tokens=6", "model.heads=2", "trials=2")).frame
+    axes = propbench.plot_propagation(frame)
+    assert len(axes) == 3 and axes[2].get_yscale() == "linear"
+    line = axes[2].get_lines()[0]
+    measured = frame[frame.quantity == "token_similarity"].groupby("layer")["mean"].mean()
+    np.testing.assert_allclose(line.get_ydata(), measured.to_numpy())
+    assert len(axes[2].collections) == 1  # the band over the two trials
+    assert axes[2].get_ylim()[1] > 1  # 1 (collapse) is on the axis
+    assert "Token similarity" in plot_token_similarity(frame).get_title()
+    save_propagation(frame, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
