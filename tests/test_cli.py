@@ -200,7 +200,7 @@ def test_same_config_same_bytes_alone_and_in_sweeps(tmp_path):
 def test_help_lists_groups(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for line in ("model: cnn, mlp", "act: elu, gelu", "init: default, kaiming"):
+    for line in ("model: cnn, mlp", "act: elu, gelu", "init: default, delta_orthogonal, kaiming"):
         assert line in proc.stdout
 
 
