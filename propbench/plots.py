@@ -759,7 +759,7 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     groups = frame.groupby(list(line_by), sort=True) if line_by else [((), frame)]
-    theory_drawn, zero_theory, tiny = False, [], []
+    theory_drawn, zero_theory, tiny, drawn = False, [], [], False
     for i, (values, rows) in enumerate(groups):
         colour = f"C{i % 10}"
         stats = _spread(rows)
@@ -768,10 +768,14 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
         if ok.any() and stats["mean"][ok].max() < SPREAD_FLOOR:
             tiny.append(f"{label} (at most {stats['mean'][ok].max():.1g})")
             ok[:] = False
-        ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker="o", markersize=3,
-                lw=1.5, label=label)
-        ax.fill_between(stats["layer"][ok], stats["min"][ok].clip(lower=1e-300),
-                        stats["max"][ok], color=colour, alpha=0.2, lw=0)
+        if not ok.any():
+            ax.plot([], [], color=colour, marker="o", markersize=3, lw=1.5, label=label)
+        else:
+            drawn = True
+            ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker="o",
+                    markersize=3, lw=1.5, label=label)
+            ax.fill_between(stats["layer"][ok], stats["min"][ok].clip(lower=1e-300),
+                            stats["max"][ok], color=colour, alpha=0.2, lw=0)
         if "theory" in stats.columns and stats["theory"].notna().any():
             shown = np.isfinite(stats["theory"]) & (stats["theory"] > 0)
             ax.plot(stats["layer"][shown], stats["theory"][shown], color=colour, ls="--", lw=1.2)
@@ -788,6 +792,10 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
     if notes:
         ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
                 color="grey", va="bottom")
+    if not drawn and not theory_drawn:  # an exact isometry: nothing above the floor
+        ax.set_ylim(SPREAD_FLOOR / 10, 10)
+        layers = frame["layer"]
+        ax.set_xlim(layers.min() / 1.2, layers.max() * 1.2)
     ax.set_xscale("log", base=2)
     from matplotlib.ticker import FuncFormatter
 

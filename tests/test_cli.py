@@ -251,8 +251,8 @@ def test_same_config_same_bytes_alone_and_in_sweeps(tmp_path):
 def test_help_lists_groups(tmp_path):
     proc = cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for line in ("model: cnn, custom, mlp, resmlp, resnet, torch_transformer", "act: elu, gelu",
-                 "init: default, delta_orthogonal, fixup, kaiming"):
+    for line in ("model: cnn, custom, mlp, resmlp, resnet, torch_transformer, transformer",
+                 "act: elu, gelu", "init: default, delta_orthogonal, fixup, kaiming"):
         assert line in proc.stdout
 
 
