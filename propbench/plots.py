@@ -352,6 +352,11 @@ def _positive(values: pd.Series) -> np.ndarray:
     return np.isfinite(array) & (array > 0)
 
 
+def legend_columns(names: Sequence[str]) -> int:
+    """Columns of the grid's legend below a 12-inch figure: as many as fit its longest name."""
+    return max(1, min(len(names), 4, 120 // (max(len(n) for n in names) + 8)))
+
+
 def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
                     axes: Optional[Any] = None, row_by: Optional[str] = None) -> Any:
     """Forward (left) and backward (right) variance against layer of a sweep's jobs (one
@@ -433,7 +438,7 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
         handles.append(Line2D([], [], ls="", marker="x", color="grey", markersize=9, mew=2))
         names.append("last value before the signal left float range")
     axes[0, 0].figure.legend(handles, names, loc="outside lower center", fontsize=9,
-                             ncol=min(len(names), 3 if len(labels) > 4 else 4), frameon=False)
+                             ncol=legend_columns(names), frameon=False)
     return axes
 
 
@@ -689,8 +694,9 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
         row_by = None if act_per_line or jobs_here["act"].nunique() == 1 else "act"
         n_rows = rows["act"].nunique() if row_by else 1
         n_lines = len(jobs_here[line_by].drop_duplicates())
-        grid = Figure(figsize=(12, 3.6 * n_rows + 1.3 + 0.25 * ((n_lines + 2) // 3)),
-                      layout="constrained")
+        names = [_label(line_by, v) for v in jobs_here[line_by].drop_duplicates().itertuples(index=False)]
+        legend_rows = -(-(len(names) + 2) // legend_columns(names + ["mean-field theory (dashed)"]))
+        grid = Figure(figsize=(12, 3.6 * n_rows + 1.0 + 0.25 * legend_rows), layout="constrained")
         plot_sweep_grid(rows, line_by, grid.subplots(n_rows, 2, squeeze=False), row_by=row_by)
         grid.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
                       f"\u00b7 {_trials_text(rows)}")

@@ -145,3 +145,17 @@ def test_the_grid_overlays_setups_shares_y_and_marks_range_exits():
     steps = np.diff(ticks)
     assert np.allclose(steps, steps[0]) and steps[0] in (1, 2, 5, 10, 20, 50, 100)
     assert figure._suptitle.get_text().endswith("lines: mean over 2 trials")
+
+
+def test_long_line_labels_keep_the_legend_inside():
+    jobs = [job_frame(24, lambda layers: 0.8 ** layers, 0, job=i, init="kaiming",
+                      **{"init.mode": mode, "model.norm": norm})
+            for i, (mode, norm) in enumerate([("fan_in", "none"), ("fan_in", "batchnorm"),
+                                              ("fan_out", "none"), ("fan_out", "batchnorm")])]
+    frame = typed(pd.concat(jobs, ignore_index=True))
+    table = sweep_table(frame, ["act", "init", "depth", "init.mode", "model.norm"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = sweep_figures(frame, table, swept=["init.mode", "model.norm"])
+    for figure in figures.values():
+        assert_clean(figure)
