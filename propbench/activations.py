@@ -182,9 +182,3 @@ def kaiming_gain(name: str, slope: Optional[float] = None) -> float:
     spec = lookup(name)
     return float(spec.gain(_slope(spec, slope)))
 
-
-def is_activation(module: Any) -> bool:
-    """True for torch's own activation modules (nn.ReLU, nn.PReLU, nn.GELU, ...)."""
-    from torch.nn.modules import activation
-
-    return type(module).__module__ == activation.__name__
