@@ -4,7 +4,10 @@ Forward hooks on the tapped modules see each block's pre-activation (Linear/Conv
 normalized output (BatchNorm etc.) and post-activation; a tensor hook
 (``Tensor.register_hook``) on each of those outputs sees the gradient flowing back into it,
 and one on each weight sees the weight's gradient. Tensor hooks, unlike full backward module
-hooks, work with in-place activations.
+hooks, work with in-place activations. With blocks (:mod:`propbench.blocks`), hooks on each
+block also see its output, the stream between blocks, and file the rows inside it under its
+index; which modules are tapped, and as what, is :mod:`propbench.sites`' rule, and calling a
+model written elsewhere is :mod:`propbench.external`.
 
 Every tensor is seen as ``(T, *shape)``: one slice per trial (T = 1 for a single network,
 T > 1 for the stacked trials of :mod:`propbench.stacked`). Each hook hands its tensor to
@@ -18,6 +21,7 @@ host. The network runs forward and backward once, whatever its signal does.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -26,8 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-
-import warnings
 
 from propbench.blocks import AUTO, block_summary, select_blocks
 from propbench.errors import ProbeError, ProbeWarning

@@ -278,6 +278,8 @@ def test_non_editable_install_ships_the_configs(tmp_path):
         env=env, capture_output=True, text=True, cwd=tmp_path).stdout
     experiment = cli("+experiment=selu_lecun", "--cfg", "job", cwd=tmp_path, env=env)
     assert experiment.returncode == 0 and "name: selu_lecun" in experiment.stdout
+    named = cli("model=torch_transformer", "input.shape=[4,128]", "--cfg", "job", cwd=tmp_path, env=env)
+    assert named.returncode == 0 and "_target_: torch.nn.TransformerEncoder" in named.stdout
 
 
 def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
