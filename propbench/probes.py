@@ -259,6 +259,7 @@ def probe(
     activation and its gradient, ``layer`` = the block's index 1..n; the rows of modules
     inside a block carry that block's index, so parallel branches (q/k/v, shortcuts) share
     their block's layer; rows outside every block (embedding, stem, head) get layer 0.
+    A propbench model (one with ``probed_modules()``) names its own sites and blocks.
     Without blocks each firing of a projection starts a new ``layer`` (1, 2, ...), and the
     normalization and activation modules after it belong to that layer. A module called
     more than once per pass is recorded once per call: ``path``, ``path#2``, ...
@@ -301,6 +302,9 @@ def probe(
     sites = check_sites(sites)
     if backward_from not in ("output", "last_block"):
         raise ProbeError(f"backward_from={backward_from!r}: choose 'output' or 'last_block'")
+    if modules is None and blocks is None and hasattr(model, "probed_modules"):
+        # a propbench model names its own sites, its blocks and branches included
+        modules, blocks = model.probed_modules(), False
     chosen = select_blocks(model, AUTO if blocks is None and modules is None else blocks)
     if backward_from == "last_block" and not chosen:
         raise ProbeError("backward_from='last_block' needs blocks: none were found or named")

@@ -93,7 +93,7 @@ def test_a_residual_frame_draws_the_stream_and_the_branch_with_their_theory():
                               "batch_size=8", "trials=2")).frame
     axes = propbench.plot_propagation(frame)
     labels = axes[0].get_legend_handles_labels()[1]
-    assert labels == ["residual stream (block output)", "residual branch (before alpha)",
+    assert labels == ["block output (the stream between blocks)", "residual branch (before alpha)",
                       "mean-field theory (dashed)"]
     stream = axes[0].get_lines()[0]
     np.testing.assert_allclose(stream.get_ydata(), 2.0 ** np.arange(1, 7), rtol=0.5)  # doubles

@@ -334,7 +334,7 @@ def test_cli_runs_a_residual_network_end_to_end(tmp_path):
                "model.stage_every=2", "model.channel_growth=2", "model.nf=true",
                "model.alpha=0.2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "stream (block output) variance, last / first block" in proc.stdout
+    assert "block output variance, last / first block" in proc.stdout
     frame = propbench.load(tmp_path / "run")
     assert {"block", "branch"} <= set(frame.site) and frame.sublayer.notna().any()
     assert (tmp_path / "run" / "propagation.png").exists()
