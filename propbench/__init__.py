@@ -35,8 +35,8 @@ _API = {
     "settings": "propbench.config",
     "PropbenchConfig": "propbench.config",
     "build_model": "propbench.models",
-    "probe": "propbench.frames",
-    "probe_trials": "propbench.frames",
+    "probe": "propbench.probes",
+    "probe_trials": "propbench.probes",
     "stack": "propbench.stacked",
     "run": "propbench.runner",
     "RunResult": "propbench.runner",
@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time __getattr__
                                  plot_ratio_heatmap, plot_signal_propagation,
                                  plot_singular_values, plot_spread, plot_sweep_grid,
                                  plot_variance)
-    from propbench.frames import probe, probe_trials
+    from propbench.probes import probe, probe_trials
     from propbench.results import load, load_spectrum
     from propbench.runner import RunResult, run
     from propbench.spectrum import Spectrum, jacobian_spectrum

@@ -8,8 +8,6 @@ counts ``int64``, measurements and theory ``float64``. A frame that lacks a colu
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 
 # Every frame: one row per (trial, layer, site, quantity).
@@ -38,17 +36,3 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     categories: its values, sorted). Other columns (a sweep's override keys) stay as they
     are. ValueError/TypeError for a value that does not fit its column."""
     return frame.astype({column: kind for column, kind in ALL_TYPES.items() if column in frame})
-
-
-def probe(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """:func:`propbench.probes.probe` (see there), its frame with the contract's dtypes."""
-    from propbench import probes
-
-    return typed(probes.probe(*args, **kwargs))
-
-
-def probe_trials(*args: Any, **kwargs: Any) -> pd.DataFrame:
-    """:func:`propbench.probes.probe_trials` (see there), its frame with the contract's dtypes."""
-    from propbench import probes
-
-    return typed(probes.probe_trials(*args, **kwargs))

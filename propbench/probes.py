@@ -35,6 +35,7 @@ from propbench.blocks import AUTO, block_summary, select_blocks
 from propbench.errors import ProbeError, ProbeWarning
 from propbench.external import (OutputKey, call, check_model, first_tensor, original, pick_output,
                                 unchanged)
+from propbench.frames import typed
 from propbench.moments import Moments
 from propbench.sites import check_sites, recognised
 from propbench.sites import classify as _classify
@@ -364,7 +365,7 @@ def probe_trials(model: Any, inputs: Sequence[torch.Tensor], *, seeds: Sequence[
     frames = [_frame(meta, stats[:, t]) for t in range(model.trials)]
     for t, frame in enumerate(frames):
         frame.insert(0, "trial", t)
-    return pd.concat(frames, ignore_index=True)
+    return typed(pd.concat(frames, ignore_index=True))
 
 
 _SITE_RANK = {s: i for i, s in enumerate(SITES)}
@@ -395,4 +396,4 @@ def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
         "nonfinite": stats[order, 2].astype(np.int64),
         "channel_mean_sq": stats[order, 3], "channel_var": stats[order, 4],
     }
-    return pd.DataFrame(columns, columns=FRAME_COLUMNS)
+    return typed(pd.DataFrame(columns, columns=FRAME_COLUMNS))  # the frame's dtypes (frames.py)
