@@ -711,13 +711,14 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
                             f"{_trials_text(rows)}")
             figures[f"spp_depth{depth}.png"] = figure
 
-        if "token_similarity" in jobs_here and jobs_here["token_similarity"].notna().any():
+        transformer = "token_similarity" in jobs_here and jobs_here["token_similarity"].notna().any()
+        if transformer:
             bars = Figure(figsize=(9, 1.4 + 0.22 * len(jobs_here)), layout="constrained")
             plot_token_bars(jobs_here, line_by, bars.subplots())
             bars.suptitle(f"Token similarity \u00b7 {first['model']} \u00b7 {size} \u00b7 batch "
                           f"{first['batch_size']}")
             figures[f"tokens_depth{depth}.png"] = bars
-        if "token_similarity" in jobs_here and rows.groupby(line_by).ngroups <= MAX_LINES:
+        if transformer and rows.groupby(line_by).ngroups <= MAX_LINES:
             figure = Figure(figsize=(8, 5), layout="constrained")
             plot_weight_gradients(rows, line_by, figure.subplots())
             figure.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
