@@ -15,6 +15,7 @@ through :mod:`propbench.logs`.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -58,9 +59,12 @@ class _Interrupt:
     @staticmethod
     def unraisable(unraisable: Any) -> None:
         """An interrupt that landed in a finalizer: no "Exception ignored" report, the flag
-        stops the sweep at the next job."""
-        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
-            sys.__unraisablehook__(unraisable)
+        stops the sweep at the next job; nor for a file that could not be flushed on close."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            return
+        if issubclass(unraisable.exc_type, OSError) and isinstance(unraisable.object, io.IOBase):
+            return  # a log file that could not be flushed (a full disk): the error line says so
+        sys.__unraisablehook__(unraisable)
 
 
 def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:

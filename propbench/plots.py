@@ -461,7 +461,7 @@ def plot_signal_propagation(frame: pd.DataFrame, line_by: Sequence[str] = (),
 
         _, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     rows = frame[(frame["quantity"] == "activation") & frame["site"].isin(["block", "branch"])]
-    groups = rows.groupby(list(line_by), sort=True) if line_by else [((), rows)]
+    groups = rows.groupby(list(line_by), sort=True, observed=True) if line_by else [((), rows)]
     for values, group in groups:
         for ax, (site, column, _, _) in zip(axes, SPP_PANELS):
             by_block = group[group["site"] == site].groupby("layer")[column].mean()
@@ -506,7 +506,7 @@ def plot_weight_gradients(frame: pd.DataFrame, line_by: Sequence[str], ax: Optio
 
         _, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     rows = frame[(frame["quantity"] == "gradient") & (frame["site"] == "weight")]
-    for values, group in rows.groupby(list(line_by), sort=True):
+    for values, group in rows.groupby(list(line_by), sort=True, observed=True):
         keys = ["trial", "layer"] if "trial" in group.columns else ["layer"]
         var = group.groupby(keys)["var"].mean().groupby("layer").mean()
         ok = np.isfinite(var.to_numpy()) & (var.to_numpy() > 0)
@@ -718,7 +718,7 @@ def sweep_figures(frame: pd.DataFrame, table: pd.DataFrame, swept: Sequence[str]
             bars.suptitle(f"Token similarity \u00b7 {first['model']} \u00b7 {size} \u00b7 batch "
                           f"{first['batch_size']}")
             figures[f"tokens_depth{depth}.png"] = bars
-        if transformer and rows.groupby(line_by).ngroups <= MAX_LINES:
+        if transformer and rows.groupby(line_by, observed=True).ngroups <= MAX_LINES:
             figure = Figure(figsize=(8, 5), layout="constrained")
             plot_weight_gradients(rows, line_by, figure.subplots())
             figure.suptitle(f"{first['model']} \u00b7 {size} \u00b7 batch {first['batch_size']} "
@@ -765,7 +765,7 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    groups = frame.groupby(list(line_by), sort=True) if line_by else [((), frame)]
+    groups = frame.groupby(list(line_by), sort=True, observed=True) if line_by else [((), frame)]
     theory_drawn, zero_theory, tiny, drawn = False, [], [], False
     for i, (values, rows) in enumerate(groups):
         colour = f"C{i % 10}"

@@ -312,7 +312,7 @@ def test_measured_residual_stream_follows_the_theory(overrides, trials):
             deviation = np.abs(rows["var"].mean() / rows["theory"].first() - 1).to_numpy()
             assert np.all(deviation < _tolerance(layers, width, trials)), (quantity, site, deviation)
     inner = frame[(frame.site.isin(["pre", "post"])) & (frame.quantity == "activation")]
-    by_row = inner.groupby(["layer", "sublayer", "site"])[["var", "theory"]].mean()
+    by_row = inner.groupby(["layer", "sublayer", "site"], observed=True)[["var", "theory"]].mean()
     deviation = np.abs(by_row["var"] / by_row["theory"] - 1).to_numpy()
     assert np.all(deviation < _tolerance(depth * m, width, trials))
 
