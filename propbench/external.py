@@ -40,11 +40,11 @@ def check_model(model: Any) -> None:
     """ProbeError (one line) for what has nothing to measure."""
     if not isinstance(model, nn.Module):
         raise ProbeError(f"probe needs an nn.Module, got {type(model).__name__}")
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.is_meta for t in tensors):
+    parameters = list(model.parameters())
+    if any(t.is_meta for t in [*parameters, *model.buffers()]):
         raise ProbeError("probe: the model is on the meta device (its weights hold no values); "
                          "materialize it first, e.g. model.to_empty(device='cpu') and initialize it")
-    if not any(p.is_floating_point() for p in model.parameters()):
+    if not any(p.is_floating_point() for p in parameters):
         raise ProbeError(f"probe: {type(model).__name__} has no floating-point parameter, so "
                          "no gradient to measure")
 
@@ -117,6 +117,8 @@ def unchanged(model: nn.Module) -> Iterator[None]:
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                module.training = training
         for parameter, flag in flags:
-            parameter.requires_grad_(flag)
+            if parameter.requires_grad != flag:
+                parameter.requires_grad_(flag)

@@ -35,4 +35,13 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with the contract's dtype for each contract column it has (a label column's
     categories: its values, sorted). Other columns (a sweep's override keys) stay as they
     are. ValueError/TypeError for a value that does not fit its column."""
-    return frame.astype({column: kind for column, kind in ALL_TYPES.items() if column in frame})
+    kinds = {column: kind for column, kind in ALL_TYPES.items()
+             if column in frame and not _has_type(frame[column], kind)}
+    return frame.astype(kinds) if kinds else frame
+
+
+def _has_type(column: pd.Series, kind: str) -> bool:
+    """Whether ``column`` already is of ``kind`` (a categorical: with sorted categories)."""
+    if kind == "category":
+        return isinstance(column.dtype, pd.CategoricalDtype) and column.cat.categories.is_monotonic_increasing
+    return column.dtype == kind

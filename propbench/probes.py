@@ -297,7 +297,6 @@ def probe(
     >>> sorted(frame.site.unique())
     ['post', 'pre', 'weight']
     """
-    check_model(model)
     model = original(model)
     check_model(model)
     sites = check_sites(sites)
@@ -320,21 +319,22 @@ def probe(
                                notes=notes, token_dim=token_dim)
     frame = _frame(meta, stats[:, 0])
     frame.attrs.update(output=notes["output"], blocks=block_summary(chosen))
-    for warning in _warnings(frame, notes["silent"]):
+    for warning in _warnings(meta, notes["silent"]):
         warnings.warn(warning, ProbeWarning, stacklevel=2)
     return frame
 
 
-def _warnings(frame: pd.DataFrame, silent: list[str]) -> list[str]:
-    """What the frame lacks that a reader would expect (one line each)."""
+def _warnings(meta: list[tuple], silent: list[str]) -> list[str]:
+    """What the records lack that a reader would expect (one line each)."""
     out = []
-    if frame.empty or not frame["site"].isin(["pre", "block"]).any():
+    sites, quantities = {m[3] for m in meta}, {m[4] for m in meta}
+    if not sites & {"pre", "block"}:
         out.append("probe: no layer recognised (no Linear/Conv/Conv1D output, no block); "
                    "classify modules with sites={class_or_glob: 'pre'|'norm'|'post'}")
     if silent:
         more = f" and {len(silent) - 3} more" if len(silent) > 3 else ""
         out.append(f"probe: {len(silent)} tapped module(s) never ran: {', '.join(silent[:3])}{more}")
-    if not frame.empty and not (frame["quantity"] == "activation").any():
+    if meta and "activation" not in quantities:
         out.append("probe: no activation rows")
     return out
 
@@ -388,12 +388,12 @@ def _frame(meta: list[tuple], stats: np.ndarray) -> pd.DataFrame:
     columns = {
         "layer": np.array(layer, dtype=np.int64)[order],
         "sublayer": pd.array([sublayer[i] for i in order], dtype="Int64"),  # empty outside branches
-        "module": np.array(module, dtype=object)[order],
-        "site": np.array(site, dtype=object)[order],
-        "quantity": np.array(quantity, dtype=object)[order],
+        "module": pd.Categorical(np.array(module, dtype=object)[order]),
+        "site": pd.Categorical(np.array(site, dtype=object)[order]),
+        "quantity": pd.Categorical(np.array(quantity, dtype=object)[order]),
         "mean": mean, "var": var, "second_moment": second_moment,
         "n": np.array(n, dtype=np.int64)[order],
         "nonfinite": stats[order, 2].astype(np.int64),
         "channel_mean_sq": stats[order, 3], "channel_var": stats[order, 4],
     }
-    return typed(pd.DataFrame(columns, columns=FRAME_COLUMNS))  # the frame's dtypes (frames.py)
+    return pd.DataFrame(columns, columns=FRAME_COLUMNS)  # already the dtypes of frames.py

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any, Mapping, Optional
 
 from torch import nn
@@ -42,7 +43,12 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 def _classes(module: nn.Module) -> list[type]:
     """The module's class and its bases up to (not including) ``nn.Module``."""
-    return [c for c in type(module).__mro__ if issubclass(c, nn.Module) and c is not nn.Module]
+    return _mro(type(module))
+
+
+@lru_cache(maxsize=None)
+def _mro(cls: type) -> list[type]:
+    return [c for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module]
 
 
 def is_projection(module: nn.Module) -> bool:
@@ -52,16 +58,26 @@ def is_projection(module: nn.Module) -> bool:
 
 
 def is_norm(module: nn.Module) -> bool:
+    return _class_is_norm(type(module))
+
+
+@lru_cache(maxsize=None)
+def _class_is_norm(cls: type) -> bool:
     from propbench.inits import NORM_TYPES
 
-    return isinstance(module, NORM_TYPES) or any(_NORM_NAME.search(c.__name__) for c in _classes(module))
+    return issubclass(cls, NORM_TYPES) or any(_NORM_NAME.search(c.__name__) for c in _mro(cls))
 
 
 def is_activation(module: nn.Module) -> bool:
-    if isinstance(module, nn.MultiheadAttention):  # lives in torch's activation module
+    return _class_is_activation(type(module))
+
+
+@lru_cache(maxsize=None)
+def _class_is_activation(cls: type) -> bool:
+    if issubclass(cls, nn.MultiheadAttention):  # lives in torch's activation module
         return False
     return any(c.__module__.rpartition(".")[2].startswith("activation")
-               or _ACTIVATION_NAME.search(c.__name__) for c in _classes(module))
+               or _ACTIVATION_NAME.search(c.__name__) for c in _mro(cls))
 
 
 def check_sites(sites: Optional[Mapping[Any, Optional[str]]]) -> dict[Any, Optional[str]]:
