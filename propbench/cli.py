@@ -76,7 +76,6 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
     from hydra.types import RunMode
 
     from propbench.config import compose, settings
-    from propbench.runner import setup
     from propbench.sweep import plan_jobs
 
     overrides = [a for a in argv if a not in _MULTIRUN_FLAGS]
@@ -93,6 +92,8 @@ def prepare(argv: list[str]) -> Optional[dict[frozenset[str], Any]]:
     if not (set(argv) & set(_MULTIRUN_FLAGS) or base.hydra.mode == RunMode.MULTIRUN):
         if sweeps:
             raise ConfigError(f"{sweeps[0]}: a list of values is a sweep; add -m")
+        from propbench.runner import setup  # imports torch: after the config is valid
+
         ready = {frozenset(task): setup(base)}
         _check_folder(base, "run")
         return ready

@@ -402,10 +402,11 @@ def _layer_types() -> dict[str, tuple]:
 
 def __getattr__(name: str) -> Any:
     """``WEIGHTED_TYPES`` (Linear, Conv) and ``NORM_TYPES``, made when first asked for, so
-    that importing this module does not import torch."""
-    types = _layer_types()
-    if name not in types:
+    that importing this module does not import torch (nor does asking it for anything else:
+    ``from propbench.inits import ...`` asks for ``__path__``)."""
+    if name not in ("WEIGHTED_TYPES", "NORM_TYPES"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    types = _layer_types()
     globals().update(types)
     return types[name]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -196,6 +196,41 @@ def _per_layer(value: float | Sequence[float], depth: int) -> np.ndarray:
     return array.astype(float)
 
 
+def _recursion(w2: np.ndarray, b2: np.ndarray, back: np.ndarray, first: Any,
+               cotangent_var: float, spread: Callable[[Any], Any],
+               moment_map: Callable[[Any], Any]) -> tuple[np.ndarray, ...]:
+    """The forward q-map and the backward variance recursion, per site of a state: a
+    number for an MLP, an (H, W) map of pixels for a CNN (``first``: the input's second
+    moment per site). ``spread`` is the average a layer's weights take over the previous
+    layer's sites (the identity for an MLP, the k x k taps for a CNN), ``moment_map`` gives
+    (E[phi], E[phi^2], E[phi'^2]) at each site's q:
+
+        q^l = w2_l spread(E[phi(h^{l-1})^2]) + b2_l,
+        Var dL/dx^l = back_{l+1} spread(Var dL/dh^{l+1}),  Var dL/dh^l = E[phi'^2] Var dL/dx^l,
+
+    from ``cotangent_var`` at the last layer. Returns (q, mean, second, dsecond, grad_post,
+    grad_pre), each (depth, *state); past float range (q >= 1e300) everything is inf."""
+    depth = len(w2)
+    shape = (depth, *np.shape(first))
+    q, mean, second, dsecond = (np.full(shape, math.inf) for _ in range(4))
+    previous = first
+    for layer in range(depth):
+        q[layer] = w2[layer] * spread(previous) + b2[layer]
+        if not np.max(q[layer]) < 1e300:  # past the float range: nothing more to predict
+            q[layer] = math.inf
+            break
+        mean[layer], second[layer], dsecond[layer] = moment_map(q[layer])
+        previous = second[layer]
+    grad_post, grad_pre = np.empty(shape), np.empty(shape)
+    grad_post[-1] = cotangent_var
+    with np.errstate(invalid="ignore", over="ignore"):
+        for layer in range(depth - 1, -1, -1):
+            if layer < depth - 1:
+                grad_post[layer] = back[layer + 1] * spread(grad_pre[layer + 1])
+            grad_pre[layer] = dsecond[layer] * grad_post[layer]
+    return q, mean, second, dsecond, grad_post, grad_pre
+
+
 def predict(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Sequence[float],
             depth: int, slope: Optional[float] = None, input_second_moment: float = 1.0,
             batch: int = 1, backward_w2: float | Sequence[float] | None = None,
@@ -209,23 +244,9 @@ def predict(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | Seque
     """
     w2, b2 = _per_layer(sigma_w2, depth), _per_layer(sigma_b2, depth)
     back = w2 if backward_w2 is None else _per_layer(backward_w2, depth)
-    q = np.empty(depth)
-    mean, second, dsecond = (np.empty(depth) for _ in range(3))
-    previous_second = input_second_moment
-    for layer in range(depth):
-        q[layer] = w2[layer] * previous_second + b2[layer]
-        if not q[layer] < 1e300:  # past the float range: nothing more to predict
-            q[layer:] = mean[layer:] = second[layer:] = dsecond[layer:] = math.inf
-            break
-        mean[layer], second[layer], dsecond[layer] = moments(act, q[layer], slope)
-        previous_second = second[layer]
-    grad_post, grad_pre = np.empty(depth), np.empty(depth)
-    grad_post[-1] = cotangent_var
-    with np.errstate(invalid="ignore", over="ignore"):
-        for layer in range(depth - 1, -1, -1):
-            if layer < depth - 1:
-                grad_post[layer] = back[layer + 1] * grad_pre[layer + 1]
-            grad_pre[layer] = dsecond[layer] * grad_post[layer]
+    q, mean, second, dsecond, grad_post, grad_pre = _recursion(
+        w2, b2, back, float(input_second_moment), cotangent_var, lambda v: v,
+        lambda q_layer: moments(act, float(q_layer), slope))
     inputs_second = np.concatenate([[input_second_moment], second[:-1]])
     with np.errstate(invalid="ignore", over="ignore"):  # inf past the float range is fine
         post_var, chi = second - mean**2, w2 * dsecond
@@ -285,23 +306,11 @@ def predict_conv(act: str, sigma_w2: float | Sequence[float], sigma_b2: float | 
     """
     w2, b2 = _per_layer(sigma_w2, depth), _per_layer(sigma_b2, depth)
     back = w2 if backward_w2 is None else _per_layer(backward_w2, depth)
-    shape = (depth, image_size, image_size)
-    q, mean, second, dsecond = (np.full(shape, math.inf) for _ in range(4))
-    previous = np.full(shape[1:], float(input_second_moment))
-    for layer in range(depth):
-        q[layer] = w2[layer] * _tap_mean(previous, kernel_size) + b2[layer]
-        if not q[layer].max() < 1e300:  # past the float range: nothing more to predict
-            q[layer] = math.inf
-            break
-        mean[layer], second[layer], dsecond[layer] = _moment_maps(act, q[layer], slope)
-        previous = second[layer]
-    grad_post, grad_pre = np.empty(shape), np.empty(shape)
-    grad_post[-1] = cotangent_var
+    q, mean, second, dsecond, grad_post, grad_pre = _recursion(
+        w2, b2, back, np.full((image_size, image_size), float(input_second_moment)),
+        cotangent_var, lambda v: _tap_mean(v, kernel_size),
+        lambda q_layer: _moment_maps(act, q_layer, slope))
     with np.errstate(invalid="ignore", over="ignore"):
-        for layer in range(depth - 1, -1, -1):
-            if layer < depth - 1:
-                grad_post[layer] = back[layer + 1] * _tap_mean(grad_pre[layer + 1], kernel_size)
-            grad_pre[layer] = dsecond[layer] * grad_post[layer]
         pixel_mean = lambda a: a.mean(axis=(1, 2))  # noqa: E731
         post_var = pixel_mean(second) - pixel_mean(mean) ** 2
         chi = w2 * pixel_mean(dsecond)

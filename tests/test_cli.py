@@ -256,6 +256,19 @@ def test_help_lists_groups(tmp_path):
         assert line in proc.stdout
 
 
+@pytest.mark.parametrize("args", [["--help"], ["act=nope"], ["-m", "act=relu,nope"]])
+def test_help_and_rejected_overrides_do_not_import_torch(tmp_path, args):
+    """What needs no network answers without torch's second of imports (the benchmark
+    times it; a stray import once took a rejected override from 0.3 s to 2 s)."""
+    code = ("import sys; from propbench.cli import main\n"
+            f"sys.argv = ['propbench', *{args!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_console_script(tmp_path):
     script = Path(sys.executable).with_name("propbench")
     if not script.exists():
