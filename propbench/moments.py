@@ -128,9 +128,10 @@ class Moments:
             counts = torch.nan_to_num_(torch.sub(flat, flat, out=work), nan=1.0).sum(1)  # x - x: NaN where x is not finite
             if 0 in [c for c, ok in zip(counts.tolist(), finite) if not ok]:
                 return False  # finite elements, too large to sum in float32
-        square = self._constant(float("nan"), trials, v.device)  # where every slice has one
         scale = self._constant(1.0, trials, v.device)
-        if any(finite):
+        if not any(finite):  # every slice holds an inf or NaN
+            square = self._constant(math.nan, trials, v.device)
+        else:
             square = _sum_of_squares(flat, work)
             factors = [1.0 if not ok else _FLOAT32_SCALE if q < size * _FLOAT32_TINY
                        else 1 / _FLOAT32_SCALE if not math.isfinite(q) else 1.0
@@ -162,7 +163,7 @@ class Moments:
         self.sizes.append(size)
         scale, counts = self._constant(1.0, trials, v.device), self._constant(0.0, trials, v.device)
         if size == 0:
-            nothing = self._constant(float("nan"), trials * groups, v.device)
+            nothing = self._constant(math.nan, trials * groups, v.device)
             self.shifts.append(nothing[:trials])
             self.squares.append(nothing)
             self.sums.append(nothing)
