@@ -12,7 +12,8 @@ model written elsewhere is :mod:`propbench.external`.
 Every tensor is seen as ``(T, *shape)``: one slice per trial (T = 1 for a single network,
 T > 1 for the stacked trials of :mod:`propbench.stacked`). Each hook hands its tensor to
 :class:`propbench.moments.Moments`, which reduces each slice on the device -- mean and
-variance exact to float64 round-off whatever the tensor's mean or magnitude, the number of
+variance exact whatever the tensor's mean or magnitude (to 1e-6 relative for a float32
+tensor summed in float32, to float64 round-off otherwise), the number of
 non-finite elements and, for (N, C, H, W) tensors, the channel statistics of
 signal-propagation plots -- and keeps only those few numbers. No hook keeps an activation
 or syncs with the device; one transfer after the backward pass brings everything to the
@@ -287,8 +288,9 @@ def probe(
     ``attention_entropy`` row each: the mean entropy of the attention rows in nats.
 
     Returns one row per (layer, module, site, quantity) with columns ``FRAME_COLUMNS``:
-    ``var`` is the population variance over all elements (batch, units, positions), exact to
-    float64 round-off whatever the tensor's mean or magnitude (see :mod:`propbench.moments`).
+    ``var`` is the population variance over all elements (batch, units, positions), exact
+    whatever the tensor's mean or magnitude: to 1e-6 relative where a float32 CPU tensor is
+    summed in float32, to float64 round-off otherwise (see :mod:`propbench.moments`).
 
     >>> import torch
     >>> from propbench import probe
