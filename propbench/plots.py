@@ -124,22 +124,16 @@ def config_title(frame: pd.DataFrame) -> str:
 
 def _mark_range_exits(ax: Any, frame: pd.DataFrame, quantity: str) -> None:
     """Show where the signal left float range instead of letting the log axis drop it."""
-    overflow = first_nonfinite_layer(frame, quantity)
-    if overflow is not None:
-        ax.axvline(overflow, color="red", ls=":", lw=1.2,
-                   label=f"inf/NaN from layer {overflow}")
-    beyond = first_inf_variance_layer(frame, quantity)
-    if beyond is not None:
-        ax.axvline(beyond, color="red", ls="--", lw=1.0,
-                   label=f"variance beyond float64 from layer {beyond}")
-    first_zero = first_zero_layer(frame, quantity)
-    if first_zero is not None:
-        ax.axvline(first_zero, color="grey", ls=":", lw=1.2,
-                   label=f"underflow to 0 from layer {first_zero}")
-    constant = first_constant_layer(frame, quantity)
-    if constant is not None:
-        ax.axvline(constant, color="grey", ls="-.", lw=1.2,
-                   label=f"constant (variance 0) from layer {constant}")
+    marks = (  # (the layer it starts at, colour, line style, width, label)
+        (first_nonfinite_layer, "red", ":", 1.2, "inf/NaN from layer {}"),
+        (first_inf_variance_layer, "red", "--", 1.0, "variance beyond float64 from layer {}"),
+        (first_zero_layer, "grey", ":", 1.2, "underflow to 0 from layer {}"),
+        (first_constant_layer, "grey", "-.", 1.2, "constant (variance 0) from layer {}"),
+    )
+    for find, color, style, width, label in marks:
+        layer = find(frame, quantity)
+        if layer is not None:
+            ax.axvline(layer, color=color, ls=style, lw=width, label=label.format(layer))
 
 
 def _per_layer(rows: pd.DataFrame) -> Any:

@@ -27,6 +27,22 @@ def per_layer_factor(var):
     return float(np.exp(np.mean(np.diff(np.log(var)))))
 
 
+def toy_experiment(folder, claim, expect, **columns):
+    """A one-job sweep folder whose first job records an experiment with one expectation
+    (``expect``: its YAML flow mapping), and that job's row of the sweep table: status ok,
+    both verdicts stable unless ``columns`` say otherwise."""
+    import pandas as pd
+
+    hydra = folder / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "config.yaml").write_text(
+        f"experiment:\n  name: toy\n  claim: {claim}\n  source: a paper\n  expect:\n    - {expect}\n")
+    row = {"job": 0, "status": "ok", "error": "", "activation_verdict": "stable",
+           "activation_log10_ratio": 0.0, "gradient_verdict": "stable",
+           "gradient_log10_ratio": 0.0, **columns}
+    return pd.DataFrame({key: [value] for key, value in row.items()})
+
+
 def cli(*args, cwd, env=None, timeout=300):
     """Run ``python -m propbench ARGS`` in ``cwd``; return the CompletedProcess."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}

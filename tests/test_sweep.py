@@ -13,7 +13,7 @@ import pytest
 
 import propbench
 from propbench.sweep import aggregate
-from tests.conftest import cli
+from tests.conftest import cli, toy_experiment
 
 TINY = ("width=8", "batch_size=4")
 
@@ -406,14 +406,9 @@ def test_report_refuses_a_corrupt_manifest_in_one_line(basic_sweep, tmp_path, ca
 def test_check_claim_holds_a_log10_ratio_between_two_numbers(tmp_path):
     from propbench.sweep import SweepReport, check_claim, markdown
 
-    hydra = tmp_path / "0" / ".hydra"
-    hydra.mkdir(parents=True)
-    (hydra / "config.yaml").write_text(
-        "experiment:\n  name: toy\n  claim: doubles per block\n  source: a paper\n  expect:\n"
-        "    - {where: {depth: 10}, quantity: activation, between: [2.6, 2.8]}\n")
-    table = pd.DataFrame({"job": [0], "depth": ["10"], "status": ["ok"], "error": [""],
-                          "activation_verdict": ["exploding"], "activation_log10_ratio": [2.71],
-                          "gradient_verdict": ["stable"], "gradient_log10_ratio": [0.0]})
+    table = toy_experiment(tmp_path, "doubles per block",
+                           "{where: {depth: 10}, quantity: activation, between: [2.6, 2.8]}",
+                           depth="10", activation_verdict="exploding", activation_log10_ratio=2.71)
     claim = check_claim(tmp_path, table)
     assert claim["held"] and claim["checks"][0]["ratios"] == [2.71]
     text = markdown(SweepReport(tmp_path, table, pd.DataFrame(), claim), ["depth"])

@@ -15,7 +15,7 @@ from propbench.models import build_model
 from propbench.probes import probe
 from propbench.tokens import attention_entropy, token_similarity
 from propbench.transformer import SelfAttention
-from tests.conftest import cfg
+from tests.conftest import cfg, toy_experiment
 
 SMALL = ["model=transformer", "depth=3", "width=32", "batch_size=6", "model.tokens=10"]
 
@@ -174,15 +174,10 @@ def test_the_summary_and_a_sweep_claim_read_token_similarity_by_value(tmp_path):
     weights = frame[(frame.site == "weight") & (frame.quantity == "gradient")].groupby("layer")["var"].mean()
     assert summary["weight_gradient"]["log10_ratio"] == pytest.approx(np.log10(weights[3] / weights[1]))
 
-    hydra = tmp_path / "0" / ".hydra"
-    hydra.mkdir(parents=True)
-    (hydra / "config.yaml").write_text(
-        "experiment:\n  name: toy\n  claim: collapses\n  source: a paper\n  expect:\n"
-        "    - {where: {model.residual: 'false'}, quantity: token_similarity, between: [0.9, 1.0]}\n")
-    table = pd.DataFrame({"job": [0], "model.residual": ["false"], "status": ["ok"], "error": [""],
-                          "activation_verdict": ["stable"], "activation_log10_ratio": [0.1],
-                          "gradient_verdict": ["stable"], "gradient_log10_ratio": [0.0],
-                          "token_similarity": [0.97]})
+    table = toy_experiment(
+        tmp_path, "collapses",
+        "{where: {model.residual: 'false'}, quantity: token_similarity, between: [0.9, 1.0]}",
+        **{"model.residual": "false"}, activation_log10_ratio=0.1, token_similarity=0.97)
     claim = check_claim(tmp_path, table)
     assert claim["held"] and claim["checks"][0]["got"] == ["0.970"]
     text = markdown(SweepReport(tmp_path, table, pd.DataFrame(), claim), ["model.residual"])
