@@ -120,7 +120,7 @@ class Moments:
         flat = v.reshape(trials, size)
         work = self.workspace.get(flat.shape)
         if work is None:
-            work = self.workspace[flat.shape] = torch.empty(flat.shape)
+            work = self.workspace[flat.shape] = torch.empty(flat.shape, dtype=torch.float32)
         total = flat.sum(1)
         finite = [math.isfinite(s) for s in total.tolist()]  # a CPU result: no wait
         counts = self._constant(0.0, trials, v.device)
@@ -137,7 +137,7 @@ class Moments:
                        else 1 / _FLOAT32_SCALE if not math.isfinite(q) else 1.0
                        for q, ok in zip(square.tolist(), finite)]
             if any(f != 1.0 for f in factors):  # tiny or huge: summed again times 2^+-100
-                flat = torch.mul(flat, torch.tensor(factors)[:, None], out=work)  # exact
+                flat = torch.mul(flat, torch.tensor(factors, dtype=torch.float32)[:, None], out=work)  # exact
                 scale = torch.tensor([1 / f for f in factors], dtype=torch.float64)
                 total = flat.sum(1)
                 square = _sum_of_squares(flat, work)
