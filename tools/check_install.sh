@@ -27,7 +27,8 @@ import sys, importlib.metadata as m
 names = ["torch", "numpy", "pandas", "matplotlib", "hydra-core"]
 print(" | ".join(["%d.%d.%d" % sys.version_info[:3]] + [m.version(n) for n in names]))' 2>/dev/null \
     || echo "$py | - | - | - | - | -")
-  tests=$(tail -n 1 "$dir/test.log" | tr -d '=' | sed 's/^ *//; s/ *$//')
+  # pytest's summary line (make may print its directory after it)
+  tests=$(grep -E ' (passed|failed|error)' "$dir/test.log" | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//')
   echo "| $versions | $run_ok, $((mid - start)) s | $test_ok: $tests, $((end - mid)) s | $commit |"
   cd "$repo"
 done
