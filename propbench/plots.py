@@ -790,19 +790,24 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
         notes.append(f"below {SPREAD_FLOOR:g}, not drawn: " + "; ".join(tiny))
     if zero_theory:
         notes.append("theory 0 (isometry): " + "; ".join(zero_theory))
-    if notes:
-        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7,
-                color="grey", va="bottom")
+    if notes:  # under the axes, where no line runs
+        ax.annotate("\n".join(notes), xy=(0, 0), xycoords="axes fraction", xytext=(0, -30),
+                    textcoords="offset points", fontsize=7, color="grey", va="top")
     if not drawn and not theory_drawn:  # an exact isometry: nothing above the floor
         ax.set_ylim(SPREAD_FLOOR / 10, 10)
         layers = frame["layer"]
         ax.set_xlim(layers.min() / 1.2, layers.max() * 1.2)
     ax.set_xscale("log", base=2)
-    from matplotlib.ticker import FuncFormatter
+    format_axes(ax, "Spread of \u03bb = s\u00b2 (singular values of the input-output Jacobian)",
+                "layer (block index, log scale)", "var(\u03bb) / mean(\u03bb)\u00b2 (log scale)")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
+    # the layers 1, 2, 4, ...: ticks at powers of two (format_axes' whole-layer ticks are
+    # for a linear axis)
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    return format_axes(ax, "Spread of \u03bb = s\u00b2 (singular values of the input-output Jacobian)",
-                       "layer (block index, log scale)", "var(\u03bb) / mean(\u03bb)\u00b2 (log scale)")
+    return ax
 
 
 def plot_singular_values(values: np.ndarray, ax: Optional[Any] = None,
