@@ -43,5 +43,6 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
 def _has_type(column: pd.Series, kind: str) -> bool:
     """Whether ``column`` already is of ``kind`` (a categorical: with sorted categories)."""
     if kind == "category":
-        return isinstance(column.dtype, pd.CategoricalDtype) and column.cat.categories.is_monotonic_increasing
+        return (isinstance(column.dtype, pd.CategoricalDtype)
+                and column.cat.categories.is_monotonic_increasing)
     return column.dtype == kind

@@ -126,7 +126,8 @@ class Moments:
         finite = [math.isfinite(s) for s in total.tolist()]  # a CPU result: no wait
         counts = self._constant(0.0, trials, v.device)
         if not all(finite):  # an inf or NaN element (or a sum past float32's range)
-            counts = torch.nan_to_num_(torch.sub(flat, flat, out=work), nan=1.0).sum(1)  # x - x: NaN where x is not finite
+            # x - x is NaN exactly where x is not finite
+            counts = torch.nan_to_num_(torch.sub(flat, flat, out=work), nan=1.0).sum(1)
             if 0 in [c for c, ok in zip(counts.tolist(), finite) if not ok]:
                 return False  # finite elements, too large to sum in float32
         scale = self._constant(1.0, trials, v.device)
@@ -134,11 +135,10 @@ class Moments:
             square = self._constant(math.nan, trials, v.device)
         else:
             square = _sum_of_squares(flat, work)
-            factors = [1.0 if not ok else _FLOAT32_SCALE if q < size * _FLOAT32_TINY
-                       else 1 / _FLOAT32_SCALE if not math.isfinite(q) else 1.0
-                       for q, ok in zip(square.tolist(), finite)]
+            factors = [_rescale(q, size) if ok else 1.0 for q, ok in zip(square.tolist(), finite)]
             if any(f != 1.0 for f in factors):  # tiny or huge: summed again times 2^+-100
-                flat = torch.mul(flat, torch.tensor(factors, dtype=torch.float32)[:, None], out=work)  # exact
+                factor = torch.tensor(factors, dtype=torch.float32)[:, None]
+                flat = torch.mul(flat, factor, out=work)  # a power of two: exact
                 scale = torch.tensor([1 / f for f in factors], dtype=torch.float64)
                 total = flat.sum(1)
                 square = _sum_of_squares(flat, work)
@@ -229,6 +229,14 @@ class Moments:
             out = np.stack([(shift + mean) * scale, var * scale**2, counts.reshape(-1),
                             channel_mean_sq, channel_var], axis=1)
         return out.reshape(records, trials, len(COLUMNS))
+
+
+def _rescale(square: float, size: int) -> float:
+    """What a finite slice's elements are multiplied by so that its float32 sum of squares
+    ``square`` is exact: 2^100 if tiny, 2^-100 if it overflowed float32, else 1."""
+    if not math.isfinite(square):
+        return 1 / _FLOAT32_SCALE
+    return _FLOAT32_SCALE if square < size * _FLOAT32_TINY else 1.0
 
 
 def _sum_of_squares(flat: torch.Tensor, work: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,8 @@ def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = Tru
         set_log_limits(ax, low, high)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole layers
+    if ax.get_xscale() == "linear":  # whole layers (a log axis keeps its own ticks)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(True, which="major", alpha=0.3)
     if legend:
         ax.legend(fontsize=8, loc=place if log_y else "best", ncol=2 if len(labels) > 3 else 1)
@@ -797,17 +798,13 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
         ax.set_ylim(SPREAD_FLOOR / 10, 10)
         layers = frame["layer"]
         ax.set_xlim(layers.min() / 1.2, layers.max() * 1.2)
-    ax.set_xscale("log", base=2)
-    format_axes(ax, "Spread of \u03bb = s\u00b2 (singular values of the input-output Jacobian)",
-                "layer (block index, log scale)", "var(\u03bb) / mean(\u03bb)\u00b2 (log scale)")
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    ax.set_xscale("log", base=2)  # the layers 1, 2, 4, ...: a tick at each power of two
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
-    # the layers 1, 2, 4, ...: ticks at powers of two (format_axes' whole-layer ticks are
-    # for a linear axis)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    return ax
+    return format_axes(ax, "Spread of \u03bb = s\u00b2 (singular values of the input-output Jacobian)",
+                       "layer (block index, log scale)", "var(\u03bb) / mean(\u03bb)\u00b2 (log scale)")
 
 
 def plot_singular_values(values: np.ndarray, ax: Optional[Any] = None,

@@ -41,14 +41,14 @@ _ACTIVATION_NAME = re.compile(
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
-def _classes(module: nn.Module) -> list[type]:
+def _classes(module: nn.Module) -> tuple[type, ...]:
     """The module's class and its bases up to (not including) ``nn.Module``."""
     return _mro(type(module))
 
 
 @lru_cache(maxsize=None)
-def _mro(cls: type) -> list[type]:
-    return [c for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module]
+def _mro(cls: type) -> tuple[type, ...]:
+    return tuple(c for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module)
 
 
 def is_projection(module: nn.Module) -> bool:
