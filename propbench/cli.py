@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-# propbench.config (it loads torch) is imported inside the functions, after main() has
+# propbench.config (it loads Hydra) is imported inside the functions, after main() has
 # installed its Ctrl-C handler, so that an interrupt during start-up ends in one line too.
-from propbench.errors import ConfigError, PropbenchError, WriteError, first_line
+from propbench.errors import ConfigError, FolderInUseError, PropbenchError, WriteError, first_line
 from propbench.logs import log
 
 PROG = "propbench"
@@ -254,8 +254,6 @@ def _sweep_job(job: Any, hydra_cfg: Any) -> float:
     from propbench.sweep import progress
     from propbench.verdict import SIGNALS, objective
 
-    from propbench.errors import ResultsError
-
     _Interrupt.check()
     folder = Path(hydra_cfg.runtime.output_dir)
     value = float("nan")
@@ -270,8 +268,8 @@ def _sweep_job(job: Any, hydra_cfg: Any) -> float:
     except Exception as err:  # noqa: BLE001 -- any failure of one job is that job's result
         _Interrupt.check()
         outcome = f"FAILED: {first_line(err)}"
-        if not isinstance(err, ResultsError) or "in use by another" not in str(err):
-            try:  # not into a folder another process is writing
+        if not isinstance(err, FolderInUseError):  # not into a folder another process writes
+            try:
                 write_error(folder, err, traceback.format_exc())
             except OSError as write_err:  # a full disk: the job stays incomplete
                 outcome += f" (error.json not written: {write_err.strerror or write_err})"

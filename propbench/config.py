@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from propbench.activations import ACTIVATIONS
-from propbench.errors import ConfigError, first_line
+from propbench.errors import ConfigError, first_line, one_line
 from propbench.inits import INITS, DefaultInit, InitConfig, parameters
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -293,7 +293,7 @@ class CustomConfig(ModelConfig):
             factory = locate(self._target_)
         except Exception as err:  # noqa: BLE001 -- any failure to import is the same mistake
             raise ConfigError(f"model._target_={self._target_}: cannot be imported "
-                              f"({type(err).__name__}: {_one_line(err)})") from None
+                              f"({type(err).__name__}: {one_line(err)})") from None
         if not callable(factory):
             raise ConfigError(f"model._target_={self._target_}: is a {type(factory).__name__}, "
                               "not a class or function that builds a model")
@@ -308,8 +308,6 @@ class CustomConfig(ModelConfig):
 MODELS: dict[str, type[ModelConfig]] = {
     model.name: model for model in (MLPConfig, CNNConfig, ResMLPConfig, ResNetConfig, TransformerConfig,
                    CustomConfig)}
-# keys of model=custom that are its own, not the factory's
-CUSTOM_KEYS = ("name", "_target_", "norm", "kwargs")
 
 
 def locate(path: str) -> Any:
@@ -333,11 +331,6 @@ def locate(path: str) -> Any:
             found = getattr(found, attribute)
         return found
     raise ModuleNotFoundError(f"no module named {parts[0]!r}")
-
-
-def _one_line(err: BaseException) -> str:
-    """An error's whole message on one line (Hydra's import errors span several)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 @dataclass

@@ -29,6 +29,10 @@ class ResultsError(PropbenchError, ValueError):
     """A results folder or file is missing, incomplete or malformed."""
 
 
+class FolderInUseError(ResultsError):
+    """Another propbench process holds the folder's lock (nothing may be written into it)."""
+
+
 class WriteError(PropbenchError, OSError):
     """A run could not be written (a full disk, a folder made read-only meanwhile)."""
 
@@ -39,6 +43,11 @@ def choose(registry: Mapping[str, T], key: str, what: str) -> T:
         return registry[key]
     except KeyError:
         raise ConfigError(f"{what}={key}: unknown; choose one of {', '.join(registry)}") from None
+
+
+def one_line(err: BaseException) -> str:
+    """An error's whole message on one line (Hydra's import errors span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
 def first_line(err: BaseException) -> str:

@@ -21,7 +21,7 @@ from torch import nn
 
 from propbench.activations import make_activation
 from propbench.config import DType, Norm, Order, Pool, PropbenchConfig, settings
-from propbench.errors import choose
+from propbench.errors import choose, one_line
 from propbench.inits import init_model
 from propbench.residual import (Branch, ResidualBlock, WSConv2d, WSLinear, nf_betas,
                                 nf_gamma)
@@ -282,7 +282,6 @@ def build_custom(s: PropbenchConfig, seed: int) -> nn.Module:
     ``dtype``. ConfigError with one line if the factory fails or builds no ``nn.Module``."""
     from hydra.utils import instantiate
 
-    from propbench.config import _one_line
     from propbench.errors import ConfigError
 
     target = s.model._target_
@@ -293,7 +292,7 @@ def build_custom(s: PropbenchConfig, seed: int) -> nn.Module:
         except Exception as err:  # noqa: BLE001 -- the factory's failure is the config's
             cause = err.__cause__ or err
             raise ConfigError(f"model._target_={target}: building it failed: "
-                              f"{type(cause).__name__}: {_one_line(cause)}") from None
+                              f"{type(cause).__name__}: {one_line(cause)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model._target_={target}: built a {type(model).__name__}, not an nn.Module")
     return model.to(DTYPES[s.dtype]) if s.dtype == DType.float64 else model

@@ -47,9 +47,8 @@ def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = Tru
     if log_y:
         ax.set_yscale("log")
         low, high = ax.get_ylim()
-        if low > 0 and np.log10(high) - np.log10(low) < MIN_DECADES:
-            centre = np.sqrt(low * high)
-            low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
+        if low > 0:
+            low, high = _at_least_decades(low, high)
         place = "upper right"
         if legend and low > 0:  # the top third is the legend's: the data stay below it
             rows = -(-len(labels) // (2 if len(labels) > 3 else 1))
@@ -70,6 +69,14 @@ def format_axes(ax: Any, title: str, xlabel: str, ylabel: str, log_y: bool = Tru
 
 
 LOG_RANGE = (1e-300, 1e300)  # ticks beyond these step out of float64
+
+
+def _at_least_decades(low: float, high: float) -> tuple[float, float]:
+    """(low, high), widened about its geometric centre to MIN_DECADES if narrower."""
+    if np.log10(high) - np.log10(low) >= MIN_DECADES:
+        return low, high
+    centre = np.sqrt(low * high)
+    return centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
 
 
 def set_log_limits(ax: Any, low: float, high: float) -> None:
@@ -411,10 +418,7 @@ def plot_sweep_grid(frame: pd.DataFrame, line_by: Sequence[str] = ("init",),
     for column, quantity in enumerate(PANELS):  # one y range per column
         low, high = extent[quantity]
         if np.isfinite(low) and np.isfinite(high):
-            low, high = max(low, LOG_RANGE[0]) / 3, min(high, LOG_RANGE[1]) * 3
-            if np.log10(high) - np.log10(low) < MIN_DECADES:
-                centre = np.sqrt(low * high)
-                low, high = centre / 10 ** (MIN_DECADES / 2), centre * 10 ** (MIN_DECADES / 2)
+            low, high = _at_least_decades(max(low, LOG_RANGE[0]) / 3, min(high, LOG_RANGE[1]) * 3)
         else:
             for ax in axes[:, column]:
                 ax.text(0.5, 0.5, "no finite, non-zero variance to show", color="grey",

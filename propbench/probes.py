@@ -52,22 +52,6 @@ FRAME_COLUMNS = [
     "nonfinite", "channel_mean_sq", "channel_var",
 ]
 
-def classify(module: nn.Module) -> Optional[str]:
-    """The site a module's output stands for: a projection (Linear, Conv, Conv1D) ->
-    'pre', normalization -> 'norm', activation -> 'post'; None for anything else (pooling,
-    dropout, containers). The rules: :mod:`propbench.sites`."""
-    return _classify(module)
-
-
-def default_modules(model: nn.Module, sites: Optional[dict] = None) -> list[nn.Module]:
-    """Every module of ``model`` that :func:`propbench.sites.classify` gives a site (a
-    propbench model names its own: ``probed_modules()``, residual blocks and branches
-    included)."""
-    if hasattr(model, "probed_modules"):
-        return model.probed_modules()
-    return list(recognised(model, sites))
-
-
 def _one_trial(t: torch.Tensor, weight: bool = False) -> torch.Tensor:
     """A single network's tensor as the per-trial view (1, *shape)."""
     return t.unsqueeze(0)

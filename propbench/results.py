@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from propbench.errors import ResultsError
+from propbench.errors import FolderInUseError, ResultsError
 from propbench.frames import CONFIG_COLUMNS, COLUMN_TYPES, OPTIONAL_COLUMN_TYPES, typed  # noqa: F401
 
 STATS = "stats.csv"
@@ -71,7 +71,7 @@ def folder_lock(folder: Path, what: str = "run") -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise ResultsError(f"{folder}: in use by another propbench {what} ({holder}); "
+            raise FolderInUseError(f"{folder}: in use by another propbench {what} ({holder}); "
                                "wait for it to end or choose another folder") from None
         handle.seek(0)
         handle.truncate()
@@ -227,20 +227,18 @@ def completed_config(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _has_stats(folder: Path) -> bool:
-    return (folder / STATS).exists() or (folder / STATS_PARQUET).exists()
-
-
-def _stats_path(path: Path) -> Path:
+def _stats_path(path: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The table to read at ``path``, and the summary of the run folder it is in (checked
+    by :func:`check_run`; None for a file or a sweep folder)."""
     if not path.exists():
         raise ResultsError(f"{path}: no such file or folder")
     if path.is_file():
-        return path
+        return path, None
     if (path / MANIFEST).exists() or (path / SWEEP_CSV).exists():
         sweep = path / SWEEP_CSV
         if not sweep.exists():
             raise ResultsError(f"{path}: sweep not aggregated yet; run python -m propbench.report {path}")
-        return sweep
+        return sweep, None
     stats = path / STATS
     if not stats.exists() and (path / STATS_PARQUET).exists():
         stats = path / STATS_PARQUET
@@ -250,8 +248,7 @@ def _stats_path(path: Path) -> Path:
         raise ResultsError(f"{path}: not a propbench run folder (no {STATS})")
     if not (path / SUMMARY).exists():
         raise ResultsError(f"{path}: incomplete run ({STATS} without {SUMMARY}); rerun it")
-    check_run(path)
-    return stats
+    return stats, check_run(path)
 
 
 def load(path: str | os.PathLike) -> pd.DataFrame:
@@ -262,7 +259,19 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
     >>> import propbench
     >>> frame = propbench.load("results/runs/...")  # doctest: +SKIP
     """
-    stats = _stats_path(Path(path))
+    return _load(Path(path))[0]
+
+
+def load_run(folder: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """(:func:`load`, :func:`read_summary`) of a complete run folder, its files checked once."""
+    frame, summary = _load(Path(folder))
+    if summary is None:
+        raise ResultsError(f"{folder}: not a run folder")
+    return frame, summary
+
+
+def _load(path: Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    stats, summary = _stats_path(path)
     if stats.suffix == ".parquet" and not has_parquet():
         raise ResultsError(f"{stats}: reading Parquet needs pyarrow (pip install 'propbench[parquet]')")
     try:
@@ -271,7 +280,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         raise ResultsError(f"{stats}: not a readable CSV ({str(err).splitlines()[0]})") from None
     except OSError as err:  # a folder named stats.csv, a permission
         raise ResultsError(f"{stats}: unreadable ({err.strerror or err})") from None
-    required = [*COLUMN_TYPES, *(CONFIG_COLUMNS if Path(path).is_dir() else [])]  # a run's or sweep's
+    required = [*COLUMN_TYPES, *(CONFIG_COLUMNS if path.is_dir() else [])]  # a run's or sweep's
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise ResultsError(f"{stats}: missing column(s) {', '.join(missing)}")
@@ -279,7 +288,7 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
         if column not in frame.columns:
             frame[column] = float("nan")
     try:
-        return typed(frame)
+        return typed(frame), summary
     except (ValueError, TypeError) as err:
         raise ResultsError(f"{stats}: malformed values ({str(err).splitlines()[0]})") from None
 
@@ -287,5 +296,5 @@ def load(path: str | os.PathLike) -> pd.DataFrame:
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
     """The ``summary.json`` of a complete run folder (:func:`check_run`)."""
     folder = Path(path)
-    _stats_path(folder)
-    return check_run(folder)
+    summary = _stats_path(folder)[1]
+    return summary if summary is not None else check_run(folder)

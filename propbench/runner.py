@@ -22,10 +22,10 @@ from propbench.config import InputKind, PropbenchConfig, settings
 from propbench.devices import check_memory, device_name, resolve_device, trials_at_once
 from propbench.errors import ProbeWarning, PropbenchError, WriteError
 from propbench.logs import Progress
-from propbench.models import DTYPES, build_model, draw_inputs  # noqa: F401 (draw_inputs: API)
+from propbench.models import build_model, draw_inputs
 from propbench.probes import probe, probe_trials
 from propbench.results import (CONFIG_COLUMNS, FIGURE, SPECTRUM_FIGURE, completed_config,
-                               folder_lock, load, read_summary, start_attempt, typed,
+                               folder_lock, load_run, start_attempt, typed,
                                write_spectrum, write_stats, write_summary)
 from propbench.seeds import trial_seeds
 from propbench.stacked import stack
@@ -102,7 +102,7 @@ def run(cfg: Any, out_dir: Optional[str | Path] = None, *, progress: bool = Fals
     try:
         with folder_lock(folder):
             if job.settings.resume and _same_run(job.settings, folder):
-                return RunResult(load(folder), read_summary(folder), folder, resumed=True)
+                return RunResult(*load_run(folder), folder, resumed=True)
             return _run(job, folder, progress)
     except OSError as err:  # a full disk, a folder made read-only or removed meanwhile
         raise WriteError(f"{folder}: could not write the run ({err.strerror or err}); "
@@ -225,10 +225,7 @@ def _annotate_spectrum(spectrum: pd.DataFrame, s: PropbenchConfig, theory: Theor
     """The theory of each spectrum row (``theory``: var of lambda, ``theory_mean_sq``: its
     mean) and the config columns."""
     spectrum["theory"], spectrum["theory_mean_sq"] = theory.spectrum_columns(spectrum)
-    for column, value in config_columns(s).items():
-        spectrum[column] = value
-    spectrum["sigma_w2"], spectrum["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
-    return spectrum
+    return _add_config(spectrum, s, theory)
 
 
 def _calibration_summary(s: PropbenchConfig, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,11 +239,11 @@ def _calibration_summary(s: PropbenchConfig, records: list[dict[str, Any]]) -> d
 def custom_inputs(s: PropbenchConfig, seed: int) -> torch.Tensor:
     """``batch_size`` examples of ``input.shape``: standard normal, or (``input.kind=tokens``)
     integer ids uniform below ``input.vocab_size``."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (s.batch_size, *s.input.shape)
     if s.input.kind == InputKind.tokens:
-        return torch.randint(0, s.input.vocab_size, shape, generator=generator)
-    return torch.randn(shape, generator=generator, dtype=DTYPES[s.dtype])
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(0, s.input.vocab_size, (s.batch_size, *s.input.shape),
+                             generator=generator)
+    return draw_inputs(s, tuple(s.input.shape), seed)  # correlation is refused for custom
 
 
 def _measure_custom(job: Setup) -> pd.DataFrame:
@@ -275,7 +272,7 @@ def _measure_custom(job: Setup) -> pd.DataFrame:
             frame.insert(0, "trial", t)
             frames.append(frame)
             del model
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch >= 2.5 also names it torch.OutOfMemoryError
         raise PropbenchError(f"out of memory on {job.device} at batch_size={s.batch_size}; "
                              "lower it or input.shape") from None
     out = pd.concat(frames, ignore_index=True)
@@ -297,12 +294,19 @@ def _annotate(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.Dat
     """The theory column, the config columns, and the effective sigma_w^2 = fan_in Var(W)
     and sigma_b^2 = Var(b) of a middle layer."""
     frame["theory"] = theory.column(frame)
-    for column, value in config_columns(s).items():
-        frame[column] = value
+    _add_config(frame, s, theory)
     if s.model.name == "custom":  # depth: the blocks (or layers) found
         frame["depth"] = int(frame["layer"].max()) if len(frame) else 0
-    frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
     return typed(frame)
+
+
+def _add_config(frame: pd.DataFrame, s: PropbenchConfig, theory: Theory) -> pd.DataFrame:
+    """``frame`` with the config columns on every row, and the effective sigma_w^2 and
+    sigma_b^2 (NaN where the theory has none)."""
+    for column, value in config_columns(s).items():
+        frame[column] = value
+    frame["sigma_w2"], frame["sigma_b2"] = theory.sigmas or (np.nan, np.nan)
+    return frame
 
 
 def _summary(frame: pd.DataFrame, job: Setup, theory: Theory, elapsed: float) -> dict[str, Any]:

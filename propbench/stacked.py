@@ -192,14 +192,12 @@ class TrialStack(DeepStack):
 def _stack_layer(column: Sequence[nn.Module], layout: str) -> nn.Module:
     """One module that computes the trials' corresponding modules ``column`` at once."""
     first = column[0]
+    part = lambda name: (None if getattr(first, name) is None  # noqa: E731
+                         else _stack_layer([getattr(b, name) for b in column], layout))
     if isinstance(first, ResidualBlock):
-        part = lambda name: (None if getattr(first, name) is None  # noqa: E731
-                             else _stack_layer([getattr(b, name) for b in column], layout))
         return ResidualBlock(part("branch"), first.alpha, part("shortcut"), part("act"),
                              first.beta, part("pool"))
     if isinstance(first, Block):
-        part = lambda name: (None if getattr(first, name) is None  # noqa: E731
-                             else _stack_layer([getattr(b, name) for b in column], layout))
         return Block(first.weight_name, part(first.weight_name), part("norm"), part("act"),
                      part("pool"))
     if isinstance(first, nn.Sequential):  # a residual branch, its sublayers, a shortcut

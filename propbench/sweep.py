@@ -219,7 +219,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
     """Aggregate a finished, failed or interrupted sweep folder (see the module doc)."""
     import pandas as pd
 
-    from propbench.results import SPECTRUM, load, load_spectrum, read_summary, typed
+    from propbench.results import SPECTRUM, load_run, load_spectrum, typed
 
     folder = Path(sweep_dir)
     if not folder.is_dir():
@@ -240,7 +240,7 @@ def aggregate(sweep_dir: str | Path, figures: bool = True) -> SweepReport:
         row.update({_key(o): _value(o) for o in overrides})
         if status == "ok":
             try:
-                summary, stats = read_summary(folder / names[job]), load(folder / names[job])
+                stats, summary = load_run(folder / names[job])
             except (ResultsError, ValueError) as err:  # a file edited or cut short by hand
                 status, error = "corrupt", str(err)
                 row.update(status=status, error=error)

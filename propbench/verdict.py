@@ -157,7 +157,6 @@ def summarize(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "first_inf_variance_layer": first_inf_variance_layer(frame, quantity),
             "start_var": float(start),  # where the signal enters
             "end_var": float(end),  # where it leaves
-            "site": site,
         }
     return out
 
