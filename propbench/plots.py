@@ -259,7 +259,8 @@ def plot_token_similarity(frame: pd.DataFrame, ax: Optional[Any] = None) -> Any:
     ax.plot(stats.index, stats["mean"], color=colour, lw=1.5, label=label,
             marker="o" if len(stats) <= 30 else None, markersize=3)
     if "trial" in rows.columns and rows["trial"].nunique() > 1:
-        ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, lw=0)
+        ax.fill_between(stats.index.to_numpy(float), stats["min"].to_numpy(float),
+                        stats["max"].to_numpy(float), color=colour, alpha=0.2, lw=0)
     ax.axhline(1.0, color="grey", ls=":", lw=1.0, label="collapsed (all tokens equal)")
     low = float(stats["min"].min()) if len(stats) else 0.0
     ax.set_ylim(min(-0.05, low - 0.05), 1.05)
@@ -780,8 +781,9 @@ def plot_spread(frame: pd.DataFrame, ax: Optional[Any] = None,
             drawn = True
             ax.plot(stats["layer"][ok], stats["mean"][ok], color=colour, marker="o",
                     markersize=3, lw=1.5, label=label)
-            ax.fill_between(stats["layer"][ok], stats["min"][ok].clip(lower=1e-300),
-                            stats["max"][ok], color=colour, alpha=0.2, lw=0)
+            ax.fill_between(stats["layer"][ok].to_numpy(float),
+                            stats["min"][ok].clip(lower=1e-300).to_numpy(float),
+                            stats["max"][ok].to_numpy(float), color=colour, alpha=0.2, lw=0)
         if "theory" in stats.columns and stats["theory"].notna().any():
             shown = np.isfinite(stats["theory"]) & (stats["theory"] > 0)
             ax.plot(stats["layer"][shown], stats["theory"][shown], color=colour, ls="--", lw=1.2)
